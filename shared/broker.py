@@ -1,0 +1,185 @@
+"""RabbitMQ topology, connections and confirmed publishing.
+
+Topology (declared idempotently by every process at start, so nothing published before a
+consumer starts is unroutable):
+
+    sitefleet.jobs   (topic)  --deployment.*, site.*-->  deployer.jobs
+                              --dns.*-->                 dns.jobs
+    sitefleet.events (topic)  --deployment.*, site.*, dns.*-->   api.events
+                              --*.failed, *.parked-->             notifier.events
+
+Every work queue ``Q`` is a quorum queue with:
+    Q.wait.<delay>  one TTL'd quorum queue per backoff step; expired messages dead-letter
+                    (at-least-once) through the default exchange straight back to ``Q``
+    Q.parked        where jobs go after the last retry or on a permanent error; also the
+                    dead-letter target of ``Q`` once ``x-delivery-limit`` is exceeded
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+
+from shared.messages import Envelope, Message
+
+log = logging.getLogger(__name__)
+
+JOBS_EXCHANGE = "sitefleet.jobs"
+EVENTS_EXCHANGE = "sitefleet.events"
+
+# Headers we keep on every copy of a message (retries, parked copies).
+H_EXCHANGE = "x-sitefleet-exchange"
+H_ROUTING_KEY = "x-sitefleet-routing-key"
+H_ATTEMPT = "x-sitefleet-attempt"
+H_ERROR_CODE = "x-sitefleet-error-code"
+H_ERROR_MESSAGE = "x-sitefleet-error-message"
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    name: str
+    exchange: str
+    bindings: tuple[str, ...]
+
+    @property
+    def parked(self) -> str:
+        return f"{self.name}.parked"
+
+    def wait_queue(self, delay_seconds: float) -> str:
+        return f"{self.name}.wait.{format_delay(delay_seconds)}"
+
+
+DEPLOYER_JOBS = QueueSpec("deployer.jobs", JOBS_EXCHANGE, ("deployment.*", "site.*"))
+DNS_JOBS = QueueSpec("dns.jobs", JOBS_EXCHANGE, ("dns.*",))
+API_EVENTS = QueueSpec("api.events", EVENTS_EXCHANGE, ("deployment.*", "site.*", "dns.*"))
+NOTIFIER_EVENTS = QueueSpec("notifier.events", EVENTS_EXCHANGE, ("*.failed", "*.parked"))
+ALL_QUEUES = (DEPLOYER_JOBS, DNS_JOBS, API_EVENTS, NOTIFIER_EVENTS)
+
+
+def format_delay(seconds: float) -> str:
+    """10 -> '10s', 300 -> '5m', 7200 -> '2h', 0.5 -> '500ms' (queue names must be stable)."""
+    ms = round(seconds * 1000)
+    for unit, size in (("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms >= size and ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
+
+
+def _dead_letter_to(queue: str) -> dict[str, Any]:
+    return {
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": queue,
+        # at-least-once dead-lettering needs reject-publish overflow (RabbitMQ >= 3.10).
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+
+
+async def declare_topology(
+    channel: AbstractChannel, retry_delays: list[float], delivery_limit: int
+) -> None:
+    exchanges = {
+        name: await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
+        for name in (JOBS_EXCHANGE, EVENTS_EXCHANGE)
+    }
+    quorum = {"x-queue-type": "quorum"}
+    for spec in ALL_QUEUES:
+        await channel.declare_queue(spec.parked, durable=True, arguments=quorum)
+        queue = await channel.declare_queue(
+            spec.name,
+            durable=True,
+            arguments={
+                **quorum,
+                "x-delivery-limit": delivery_limit,
+                **_dead_letter_to(spec.parked),
+            },
+        )
+        for key in spec.bindings:
+            await queue.bind(exchanges[spec.exchange], routing_key=key)
+        for delay in retry_delays:
+            await channel.declare_queue(
+                spec.wait_queue(delay),
+                durable=True,
+                arguments={
+                    **quorum,
+                    "x-message-ttl": round(delay * 1000),
+                    **_dead_letter_to(spec.name),
+                },
+            )
+
+
+async def connect(url: str, *, name: str, retry_every: float = 1.0) -> AbstractRobustConnection:
+    """Connect, waiting for the broker if it is down; later drops reconnect by themselves."""
+    while True:
+        try:
+            return await aio_pika.connect_robust(url, client_properties={"connection_name": name})
+        except (OSError, aio_pika.exceptions.AMQPError) as exc:
+            log.warning("broker unreachable, retrying", extra={"error": str(exc)})
+            await asyncio.sleep(retry_every)
+
+
+class Publisher:
+    """Persistent, confirmed, mandatory publishing: returns only once the broker has it.
+
+    Raises on a nack, on an unroutable message (``on_return_raises``) and when the
+    connection is down; callers decide whether to retry.
+    """
+
+    def __init__(self, channel: AbstractChannel) -> None:
+        self.channel = channel
+        self._exchanges: dict[str, aio_pika.abc.AbstractExchange] = {}
+
+    @classmethod
+    async def open(cls, connection: AbstractRobustConnection) -> Publisher:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        return cls(channel)
+
+    async def _exchange(self, name: str) -> aio_pika.abc.AbstractExchange:
+        if name == "":
+            return self.channel.default_exchange
+        if name not in self._exchanges:
+            self._exchanges[name] = await self.channel.get_exchange(name)
+        return self._exchanges[name]
+
+    async def publish_raw(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        *,
+        message_id: str,
+        headers: dict[str, Any] | None = None,
+        correlation_id: str | None = None,
+    ) -> None:
+        message = aio_pika.Message(
+            body,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=message_id,
+            correlation_id=correlation_id,
+            headers=headers or {},
+        )
+        ex = await self._exchange(exchange)
+        await ex.publish(message, routing_key=routing_key, mandatory=True)
+
+    async def publish_envelope(self, exchange: str, envelope: Envelope) -> None:
+        await self.publish_raw(
+            exchange,
+            envelope.type,
+            envelope.model_dump_json().encode(),
+            message_id=envelope.message_id,
+            correlation_id=envelope.correlation_id,
+            headers={H_EXCHANGE: exchange, H_ROUTING_KEY: envelope.type},
+        )
+
+    async def emit(self, event: Message) -> None:
+        """Publish an event (deployer/dns/notifier report their outcomes this way)."""
+        await self.publish_envelope(EVENTS_EXCHANGE, event.envelope())
+
+    async def submit(self, job: Message) -> None:
+        await self.publish_envelope(JOBS_EXCHANGE, job.envelope())

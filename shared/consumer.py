@@ -1,0 +1,170 @@
+"""The consumer helper: decode -> handle -> ack; retry transient errors; park the rest.
+
+Outcome of one delivery (the only place errors become broker actions):
+    handler returns                 -> ack
+    raises Transient, steps left    -> copy to Q.wait.<next delay> (confirmed), then ack
+    raises Transient, no steps left -> copy to Q.parked, emit ``<kind>.parked``, then ack
+    raises any other error          -> copy to Q.parked, emit ``<kind>.parked``, then ack
+    undecodable body                -> copy to Q.parked, then ack
+If the copy cannot be published (broker gone) nothing is acked, so the broker redelivers.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from pydantic import ValidationError
+
+from shared.broker import (
+    EVENTS_EXCHANGE,
+    H_ATTEMPT,
+    H_ERROR_CODE,
+    H_ERROR_MESSAGE,
+    Publisher,
+    QueueSpec,
+)
+from shared.errors import SitefleetError, Transient
+from shared.logs import correlation
+from shared.messages import Envelope, ErrorInfo, JobParked, Message, parse_payload
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Envelope, Message], Awaitable[None]]
+
+
+class Consumer:
+    def __init__(
+        self,
+        spec: QueueSpec,
+        handler: Handler,
+        publisher: Publisher,
+        retry_delays: list[float],
+        *,
+        emit_parked: bool = True,
+    ) -> None:
+        self.spec = spec
+        self.handler = handler
+        self.publisher = publisher
+        self.retry_delays = retry_delays
+        # Event queues do not announce their own parked copies (that would loop on *.parked).
+        self.emit_parked = emit_parked
+
+    async def start(self, channel: AbstractChannel, prefetch: int) -> None:
+        await channel.set_qos(prefetch_count=prefetch)
+        queue = await channel.get_queue(self.spec.name, ensure=False)
+        await queue.consume(self.on_message)
+
+    async def on_message(self, message: AbstractIncomingMessage) -> None:
+        try:
+            envelope = Envelope.model_validate_json(message.body)
+            payload = parse_payload(envelope)
+        except (ValidationError, KeyError, ValueError) as exc:
+            log.error("undecodable message parked", extra={"queue": self.spec.name})
+            await self._settle(message, self._park(message, ErrorInfo(
+                code="undecodable_message", message=str(exc)[:500])))
+            return
+        with correlation(envelope.correlation_id):
+            await self._handle(message, envelope, payload)
+
+    async def _handle(
+        self, message: AbstractIncomingMessage, envelope: Envelope, payload: Message
+    ) -> None:
+        attempt = int((message.headers or {}).get(H_ATTEMPT, 0) or 0)
+        try:
+            await self.handler(envelope, payload)
+        except Transient as exc:
+            error = ErrorInfo(code=exc.code, message=exc.message)
+            if attempt < len(self.retry_delays):
+                delay = self.retry_delays[attempt]
+                log.warning(
+                    "job failed, will retry",
+                    extra={"type": envelope.type, "attempt": attempt + 1, "delay_s": delay,
+                           "error": exc.message},
+                )
+                await self._settle(message, self._retry(message, attempt + 1, delay, error))
+            else:
+                await self._settle(message, self._park(message, error, envelope, payload))
+            return
+        except SitefleetError as exc:
+            error = ErrorInfo(code=exc.code, message=exc.message)
+            await self._settle(message, self._park(message, error, envelope, payload))
+            return
+        except Exception as exc:  # a bug: park it with the evidence rather than loop forever
+            log.exception("handler crashed", extra={"type": envelope.type})
+            error = ErrorInfo(code="internal_error", message=f"{type(exc).__name__}: {exc}"[:500])
+            await self._settle(message, self._park(message, error, envelope, payload))
+            return
+        await message.ack()
+
+    async def _settle(self, message: AbstractIncomingMessage, copy: Awaitable[None]) -> None:
+        """Ack only once the retry/parked copy is confirmed by the broker."""
+        try:
+            await copy
+        except Exception:
+            log.exception("could not record retry/park; leaving message unacked")
+            try:
+                await message.nack(requeue=True)
+            except Exception:
+                log.debug("nack failed; broker will redeliver on reconnect")
+            return
+        await message.ack()
+
+    def _headers(self, message: AbstractIncomingMessage, **extra: Any) -> dict[str, Any]:
+        headers = dict(message.headers or {})
+        headers.pop("x-delivery-count", None)
+        headers.update(extra)
+        return headers
+
+    async def _retry(
+        self, message: AbstractIncomingMessage, attempt: int, delay: float, error: ErrorInfo
+    ) -> None:
+        await self.publisher.publish_raw(
+            "",
+            self.spec.wait_queue(delay),
+            message.body,
+            message_id=message.message_id or str(uuid.uuid4()),
+            correlation_id=message.correlation_id,
+            headers=self._headers(
+                message, **{H_ATTEMPT: attempt, H_ERROR_CODE: error.code,
+                            H_ERROR_MESSAGE: error.message[:500]}
+            ),
+        )
+
+    async def _park(
+        self,
+        message: AbstractIncomingMessage,
+        error: ErrorInfo,
+        envelope: Envelope | None = None,
+        payload: Message | None = None,
+    ) -> None:
+        log.error("job parked", extra={"queue": self.spec.name, "error_code": error.code,
+                                       "error": error.message})
+        await self.publisher.publish_raw(
+            "",
+            self.spec.parked,
+            message.body,
+            message_id=message.message_id or str(uuid.uuid4()),
+            correlation_id=message.correlation_id,
+            headers=self._headers(
+                message, **{H_ERROR_CODE: error.code, H_ERROR_MESSAGE: error.message[:500]}
+            ),
+        )
+        if self.emit_parked and envelope is not None:
+            kind = envelope.type.split(".", 1)[0]
+            data = envelope.payload
+            event = JobParked(
+                queue=self.spec.name,
+                job_type=envelope.type,
+                job_message_id=envelope.message_id,
+                tenant_id=data.get("tenant_id"),
+                site_id=data.get("site_id"),
+                error=error,
+            )
+            env = event.envelope(envelope.correlation_id).model_copy(
+                update={"type": f"{kind}.parked"}
+            )
+            await self.publisher.publish_envelope(EVENTS_EXCHANGE, env)

@@ -1,0 +1,57 @@
+"""Domain names as customers type them -> the one normalized form we store and serve."""
+
+from __future__ import annotations
+
+import re
+
+import idna
+
+from shared.errors import Invalid
+
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_TLD = re.compile(r"^(?:[a-z]{2,63}|xn--[a-z0-9-]{1,59})$")
+
+
+def normalize_domain(raw: object, field: str = "domain") -> str:
+    """IDNA 2008 (UTS #46 mapping), lower-case A-labels, no trailing dot.
+
+    Rejects anything that is not a plain registrable-looking hostname: empty labels, leading
+    or trailing hyphens, spaces, slashes, ``;``, dots-only paths, over-long names, IP-like
+    names, single labels.
+    """
+
+    def bad(reason: str) -> Invalid:
+        return Invalid(
+            f"{field} is not a valid domain name: {reason}",
+            code="invalid_domain",
+            details={"fields": [{"field": field, "message": reason}]},
+        )
+
+    if not isinstance(raw, str):
+        raise bad("must be a string")
+    name = raw.strip()
+    if name.endswith("."):
+        name = name[:-1]
+    if not name or len(name) > 253:
+        raise bad("must be 1 to 253 characters")
+    try:
+        ascii_name = idna.encode(name, uts46=True, std3_rules=True, transitional=False).decode()
+    except idna.IDNAError as exc:
+        raise bad(str(exc)) from None
+    ascii_name = ascii_name.lower()
+    if len(ascii_name) > 253:
+        raise bad("must be at most 253 characters once encoded")
+    labels = ascii_name.split(".")
+    if len(labels) < 2:
+        raise bad("must have at least two labels, like example.com")
+    for label in labels:
+        if not _LABEL.match(label):
+            raise bad(f"label {label!r} must be 1-63 letters, digits or inner hyphens")
+    if not _TLD.match(labels[-1]):
+        raise bad(f"top-level label {labels[-1]!r} is not a valid TLD")
+    return ascii_name
+
+
+def domain_slug(domain: str) -> str:
+    """A DNS-label-safe name for per-site CDN hostnames (``www-example-com``)."""
+    return domain.replace(".", "-")[:63].strip("-")

@@ -1,0 +1,218 @@
+"""Message schemas: one versioned envelope, and the payload of every job and event type.
+
+Jobs travel on the ``sitefleet.jobs`` exchange, events on ``sitefleet.events``; the routing
+key is always the message ``type`` (dotted, events in the past tense).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.logs import current_correlation_id
+from shared.timeutil import utcnow
+
+
+class Envelope(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = 1
+    message_id: str
+    type: str
+    occurred_at: datetime
+    correlation_id: str
+    payload: dict[str, Any]
+
+
+class Message(BaseModel):
+    """Base of all payloads; ``TYPE`` is the message type and routing key."""
+
+    model_config = ConfigDict(extra="ignore")
+    TYPE: ClassVar[str]
+
+    def envelope(self, correlation_id: str | None = None) -> Envelope:
+        return Envelope(
+            message_id=str(uuid.uuid4()),
+            type=self.TYPE,
+            occurred_at=utcnow(),
+            correlation_id=correlation_id or current_correlation_id() or str(uuid.uuid4()),
+            payload=self.model_dump(mode="json"),
+        )
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+
+
+# --- jobs -------------------------------------------------------------------------------
+
+
+class DeploymentRequested(Message):
+    TYPE: ClassVar[str] = "deployment.requested"
+
+    deployment_id: str
+    tenant_id: str
+    site_id: str
+    domain: str
+    generation: int
+    template: str
+    template_version: str
+    params: dict[str, Any]
+    # Set for a rollback: activate this existing release instead of building.
+    rollback_to: str | None = None
+
+
+class SiteRemovalRequested(Message):
+    TYPE: ClassVar[str] = "site.removal_requested"
+
+    tenant_id: str
+    site_id: str
+    domain: str
+
+
+class DnsReconcileRequested(Message):
+    TYPE: ClassVar[str] = "dns.reconcile_requested"
+
+    tenant_id: str
+    site_id: str
+    domain: str
+
+
+class DnsRemovalRequested(Message):
+    TYPE: ClassVar[str] = "dns.removal_requested"
+
+    tenant_id: str
+    site_id: str
+    domain: str
+
+
+# --- events -----------------------------------------------------------------------------
+
+DeploymentStatus = Literal[
+    "queued",
+    "building",
+    "uploading",
+    "activating",
+    "live",
+    "failed",
+    "superseded",
+    "cancelled",
+    "rolled_back",
+]
+
+
+class Phase(BaseModel):
+    name: str
+    started_at: datetime
+    finished_at: datetime | None = None
+    status: Literal["running", "succeeded", "failed"]
+
+
+class DeploymentStats(BaseModel):
+    files: int = 0
+    bytes: int = 0
+    uploaded_files: int = 0
+    uploaded_bytes: int = 0
+
+
+class DeploymentReport(Message):
+    """What the deployer knows about one deployment at one moment."""
+
+    TYPE: ClassVar[str] = "deployment.progressed"
+
+    deployment_id: str
+    tenant_id: str
+    site_id: str
+    domain: str
+    generation: int
+    status: DeploymentStatus
+    at: datetime = Field(default_factory=utcnow)
+    phases: list[Phase] = Field(default_factory=list)
+    stats: DeploymentStats | None = None
+    error: ErrorInfo | None = None
+
+
+class DeploymentProgressed(DeploymentReport):
+    TYPE: ClassVar[str] = "deployment.progressed"
+
+
+class DeploymentSucceeded(DeploymentReport):
+    TYPE: ClassVar[str] = "deployment.succeeded"
+
+
+class DeploymentFailed(DeploymentReport):
+    TYPE: ClassVar[str] = "deployment.failed"
+
+
+class DeploymentSuperseded(DeploymentReport):
+    TYPE: ClassVar[str] = "deployment.superseded"
+
+
+class SiteFilesRemoved(Message):
+    TYPE: ClassVar[str] = "site.files_removed"
+
+    tenant_id: str
+    site_id: str
+    domain: str
+
+
+class DnsRecordsRemoved(Message):
+    TYPE: ClassVar[str] = "dns.records_removed"
+
+    tenant_id: str
+    site_id: str
+    domain: str
+
+
+class DnsFailed(Message):
+    TYPE: ClassVar[str] = "dns.failed"
+
+    tenant_id: str
+    site_id: str
+    domain: str
+    error: ErrorInfo
+
+
+class JobParked(Message):
+    """A job gave up (retries exhausted or a permanent error); ``TYPE`` is set per job."""
+
+    TYPE: ClassVar[str] = "job.parked"
+
+    queue: str
+    job_type: str
+    job_message_id: str
+    tenant_id: str | None = None
+    site_id: str | None = None
+    error: ErrorInfo
+
+
+PAYLOADS: dict[str, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (
+        DeploymentRequested,
+        SiteRemovalRequested,
+        DnsReconcileRequested,
+        DnsRemovalRequested,
+        DeploymentProgressed,
+        DeploymentSucceeded,
+        DeploymentFailed,
+        DeploymentSuperseded,
+        SiteFilesRemoved,
+        DnsRecordsRemoved,
+        DnsFailed,
+    )
+}
+
+
+def parse_payload(envelope: Envelope) -> Message:
+    """The typed payload of an envelope; ``*.parked`` events all share ``JobParked``."""
+    if envelope.type.endswith(".parked"):
+        return JobParked.model_validate(envelope.payload)
+    model = PAYLOADS.get(envelope.type)
+    if model is None:
+        raise KeyError(envelope.type)
+    return model.model_validate(envelope.payload)
