@@ -64,8 +64,10 @@ class Consumer:
             payload = parse_payload(envelope)
         except (ValidationError, KeyError, ValueError) as exc:
             log.error("undecodable message parked", extra={"queue": self.spec.name})
-            await self._settle(message, self._park(message, ErrorInfo(
-                code="undecodable_message", message=str(exc)[:500])))
+            await self._settle(
+                message,
+                self._park(message, ErrorInfo(code="undecodable_message", message=str(exc)[:500])),
+            )
             return
         with correlation(envelope.correlation_id):
             await self._handle(message, envelope, payload)
@@ -82,8 +84,12 @@ class Consumer:
                 delay = self.retry_delays[attempt]
                 log.warning(
                     "job failed, will retry",
-                    extra={"type": envelope.type, "attempt": attempt + 1, "delay_s": delay,
-                           "error": exc.message},
+                    extra={
+                        "type": envelope.type,
+                        "attempt": attempt + 1,
+                        "delay_s": delay,
+                        "error": exc.message,
+                    },
                 )
                 await self._settle(message, self._retry(message, attempt + 1, delay, error))
             else:
@@ -129,8 +135,12 @@ class Consumer:
             message_id=message.message_id or str(uuid.uuid4()),
             correlation_id=message.correlation_id,
             headers=self._headers(
-                message, **{H_ATTEMPT: attempt, H_ERROR_CODE: error.code,
-                            H_ERROR_MESSAGE: error.message[:500]}
+                message,
+                **{
+                    H_ATTEMPT: attempt,
+                    H_ERROR_CODE: error.code,
+                    H_ERROR_MESSAGE: error.message[:500],
+                },
             ),
         )
 
@@ -141,8 +151,10 @@ class Consumer:
         envelope: Envelope | None = None,
         payload: Message | None = None,
     ) -> None:
-        log.error("job parked", extra={"queue": self.spec.name, "error_code": error.code,
-                                       "error": error.message})
+        log.error(
+            "job parked",
+            extra={"queue": self.spec.name, "error_code": error.code, "error": error.message},
+        )
         await self.publisher.publish_raw(
             "",
             self.spec.parked,
@@ -163,6 +175,7 @@ class Consumer:
                 tenant_id=data.get("tenant_id"),
                 site_id=data.get("site_id"),
                 error=error,
+                job=data,
             )
             env = event.envelope(envelope.correlation_id).model_copy(
                 update={"type": f"{kind}.parked"}

@@ -3,7 +3,12 @@ message (``async with sessionmaker.begin() as session``); domain code never comm
 
 from __future__ import annotations
 
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 SessionMaker = async_sessionmaker[AsyncSession]
 

@@ -188,6 +188,8 @@ class JobParked(Message):
     tenant_id: str | None = None
     site_id: str | None = None
     error: ErrorInfo
+    # The parked job's own payload, so subscribers can tell which deployment/site it was.
+    job: dict[str, Any] = Field(default_factory=dict)
 
 
 PAYLOADS: dict[str, type[Message]] = {

@@ -112,9 +112,7 @@ class OutboxMessage(Base):
     publishes pending rows with confirms and only then marks them published."""
 
     __tablename__ = "outbox"
-    __table_args__ = (
-        Index("outbox_pending", "id", postgresql_where="published_at IS NULL"),
-    )
+    __table_args__ = (Index("outbox_pending", "id", postgresql_where="published_at IS NULL"),)
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     message_id: Mapped[str] = mapped_column(String(64))
     exchange: Mapped[str] = mapped_column(String(64))

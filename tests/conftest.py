@@ -1,24 +1,18 @@
-"""Session-wide isolation: a fresh RabbitMQ vhost and a fresh migrated PostgreSQL database
-for this test session, removed at the end. Component fixtures (nginx, PowerDNS, the
-platform's processes) live in tests/fixtures/ and build on these."""
+"""Session-wide isolation: each platform the tests start gets a fresh RabbitMQ vhost and a
+fresh migrated PostgreSQL database, removed at the end. Component fixtures (nginx,
+PowerDNS, the platform's processes) live in tests/fixtures/."""
 
 from __future__ import annotations
 
-import asyncio
 import os
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
-import asyncpg
 import pytest
 
-from shared.migrate import upgrade
+from tests.fixtures.isolation import create_database, create_vhost, drop_database, drop_vhost
 
-PG_ADMIN_URL = os.environ.get("SITEFLEET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-AMQP_BASE = os.environ.get("SITEFLEET_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672")
-
-pytest_plugins: list[str] = []
+pytest_plugins = ["tests.fixtures.components", "tests.fixtures.platform"]
 
 
 @pytest.fixture(scope="session")
@@ -28,25 +22,21 @@ def run_id() -> str:
 
 @pytest.fixture(scope="session")
 def amqp_url(run_id: str) -> Iterator[str]:
-    vhost = f"sitefleet-test-{run_id}"
-    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True)
-    subprocess.run(
-        ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
-        check=True,
-    )
-    yield f"{AMQP_BASE}/{vhost}"
-    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], check=False)
+    vhost, url = create_vhost(f"sitefleet-test-{run_id}")
+    yield url
+    drop_vhost(vhost)
 
 
 @pytest.fixture(scope="session")
 async def database_url(run_id: str) -> AsyncIterator[str]:
     name = f"sitefleet_test_{run_id}"
-    admin = await asyncpg.connect(PG_ADMIN_URL)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-    url = f"{base}/{name}"
-    # Alembic's env runs its own event loop: keep it off ours.
-    await asyncio.to_thread(upgrade, url)
+    url = await create_database(name)
     yield url
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await admin.close()
+    await drop_database(name)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_proxy_env() -> None:
+    # Tests talk to 127.0.0.1 only; an ambient HTTP proxy must not intercept that.
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy"):
+        os.environ.pop(var, None)

@@ -10,7 +10,6 @@ from cli.devstack import procs
 from shared.settings import PROJECT_ROOT
 
 
-
 class ConfigTemplate(Template):
     """``@{name}`` placeholders: nginx's own ``$variables`` pass through untouched."""
 

@@ -18,8 +18,12 @@ def free_port() -> int:
         return port
 
 
-def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 20.0,
-                  proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_port(
+    port: int,
+    host: str = "127.0.0.1",
+    timeout: float = 20.0,
+    proc: subprocess.Popen[bytes] | None = None,
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -30,14 +34,20 @@ def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 20.0,
     raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
 
 
-def start(argv: list[str], *, log: Path, env: dict[str, str] | None = None,
-          cwd: Path | None = None) -> subprocess.Popen[bytes]:
+def start(
+    argv: list[str], *, log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
     """Start a process in its own process group, output appended to ``log``."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         return subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True,
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+            start_new_session=True,
         )
 
 

@@ -1,0 +1,97 @@
+"""The ``sitefleet`` ops CLI. It sits above the services (it may import them; nothing
+imports it)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
+
+import typer
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.api import identity
+from shared.db import create_engine, create_sessionmaker
+from shared.errors import SitefleetError
+from shared.migrate import upgrade
+from shared.settings import CommonSettings
+
+app = typer.Typer(no_args_is_help=True, help="Operate a Sitefleet installation.")
+tenant_app = typer.Typer(no_args_is_help=True, help="Tenants (customers of the platform).")
+token_app = typer.Typer(no_args_is_help=True, help="API tokens.")
+db_app = typer.Typer(no_args_is_help=True, help="The database schema.")
+dev_app = typer.Typer(no_args_is_help=True, help="The local development platform.")
+app.add_typer(tenant_app, name="tenant")
+app.add_typer(token_app, name="token")
+app.add_typer(db_app, name="db")
+app.add_typer(dev_app, name="dev")
+
+T = TypeVar("T")
+
+
+def _in_transaction(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    async def run() -> T:
+        engine = create_engine(
+            CommonSettings().database_url, application_name="sitefleet-cli", pool_size=1
+        )
+        try:
+            async with create_sessionmaker(engine).begin() as session:
+                return await work(session)
+        finally:
+            await engine.dispose()
+
+    try:
+        return asyncio.run(run())
+    except SitefleetError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+
+
+@tenant_app.command("create")
+def tenant_create(name: Annotated[str, typer.Argument(help="tenant name")]) -> None:
+    """Create a tenant and print its first API token (shown once)."""
+
+    async def work(session: AsyncSession) -> str:
+        tenant = await identity.create_tenant(session, name)
+        _, secret = await identity.create_token(session, tenant.id, "initial")
+        return f"tenant {tenant.id} ({name})\ntoken {secret}"
+
+    typer.echo(_in_transaction(work))
+
+
+@token_app.command("create")
+def token_create(
+    tenant: Annotated[str | None, typer.Option(help="tenant name")] = None,
+    ops: Annotated[bool, typer.Option("--ops", help="an ops token (reads every tenant)")] = False,
+    name: Annotated[str, typer.Option(help="a label for the token")] = "cli",
+) -> None:
+    """Create an API token for a tenant, or an ops token, and print it (shown once)."""
+    if ops == (tenant is not None):
+        typer.echo("error: give exactly one of --tenant NAME or --ops", err=True)
+        raise typer.Exit(2)
+
+    async def work(session: AsyncSession) -> str:
+        if ops:
+            _, secret = await identity.create_ops_token(session, name)
+            return secret
+        found = await identity.get_tenant_by_name(session, tenant or "")
+        if found is None:
+            raise SitefleetError(f"no tenant named {tenant!r}")
+        _, secret = await identity.create_token(session, found.id, name)
+        return secret
+
+    typer.echo(_in_transaction(work))
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply every pending schema migration."""
+    upgrade(CommonSettings().database_url)
+
+
+@dev_app.command("run")
+def dev_run() -> None:
+    """Start the whole platform locally with a demo site (what `make run` does)."""
+    from cli.devstack.run import run
+
+    raise typer.Exit(run())

@@ -1,0 +1,66 @@
+"""The API application: wiring of settings, database, broker link, relay and routes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from prometheus_client import make_asgi_app
+
+from services.api.broker_link import BrokerLink
+from services.api.correlation import CorrelationId
+from services.api.deps import AppState
+from services.api.endpoints import deployments, health, identity, sites, templates
+from services.api.errors import install_error_handlers
+from services.api.events import EventRecorder
+from services.api.limits import BodyLimit
+from services.api.outbox import Relay
+from services.api.settings import ApiSettings
+from services.api.template_registry import register_catalog
+from shared.db import create_engine, create_sessionmaker
+from shared.template_packs import TemplateCatalog
+
+
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    settings = settings or ApiSettings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings.database_url, application_name="sitefleet-api")
+        sessionmaker = create_sessionmaker(engine)
+        catalog = TemplateCatalog(settings.templates_dir)
+        async with sessionmaker.begin() as session:
+            await register_catalog(session, catalog)
+        relay = Relay(
+            sessionmaker,
+            poll_interval=settings.outbox_poll_interval,
+            batch=settings.outbox_batch,
+            publish_timeout=settings.publish_timeout,
+        )
+        link = BrokerLink(settings, relay, EventRecorder(sessionmaker))
+        app.state.sitefleet = AppState(settings, sessionmaker, catalog, relay, link)
+        tasks = [asyncio.create_task(relay.run()), asyncio.create_task(link.run())]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await link.close()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="Sitefleet API",
+        version="1.0.0",
+        description="Domains, templates and params in; live websites out.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    for module in (health, identity, templates, sites, deployments):
+        app.include_router(module.router)
+    app.mount("/metrics", make_asgi_app())
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(CorrelationId)
+    return app

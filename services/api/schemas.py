@@ -1,0 +1,177 @@
+"""Request and response bodies of the public API (API.md is the contract)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+T = TypeVar("T")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next_cursor: str | None
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+# --- identity ---------------------------------------------------------------------------
+
+
+class TenantRead(BaseModel):
+    id: str
+    name: str
+
+
+class TokenRead(BaseModel):
+    id: str
+    name: str
+    created_at: datetime
+
+
+class TokenCreate(Strict):
+    name: str = Field(min_length=1, max_length=200)
+
+
+class TokenCreated(BaseModel):
+    id: str
+    name: str
+    token: str
+
+
+class MeRead(BaseModel):
+    tenant: TenantRead
+    token: TokenRead
+
+
+# --- templates --------------------------------------------------------------------------
+
+
+class TemplateSummary(BaseModel):
+    name: str
+    title: str
+    description: str
+    latest_version: str
+    versions: list[str]
+
+
+class TemplateVersionRead(BaseModel):
+    version: str
+    params_schema: dict[str, Any]
+    created_at: datetime
+
+
+class TemplateDetail(BaseModel):
+    name: str
+    title: str
+    description: str
+    latest_version: str
+    versions: list[TemplateVersionRead]
+
+
+# --- sites ------------------------------------------------------------------------------
+
+SiteStatus = Literal["pending", "live", "failed", "deleting"]
+
+
+class SiteCreate(Strict):
+    domain: str = Field(max_length=1000)
+    template: str = Field(max_length=64)
+    template_version: str | None = Field(default=None, max_length=32)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class SiteUpdate(Strict):
+    params: dict[str, Any] | None = None
+    template_version: str | None = Field(default=None, max_length=32)
+
+
+class SiteUrls(BaseModel):
+    site: str
+    origin: str
+
+
+class SiteRead(BaseModel):
+    id: str
+    domain: str
+    template: str
+    template_version: str
+    params: dict[str, Any]
+    status: SiteStatus
+    live_deployment_id: str | None
+    latest_deployment_id: str | None
+    created_at: datetime
+    updated_at: datetime
+    urls: SiteUrls
+
+
+# --- deployments ------------------------------------------------------------------------
+
+
+class DeploymentCreate(Strict):
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class DeploymentError(BaseModel):
+    code: str
+    message: str
+
+
+class PhaseRead(BaseModel):
+    name: str
+    started_at: datetime
+    finished_at: datetime | None
+    status: str
+
+
+class DeploymentStatsRead(BaseModel):
+    files: int = 0
+    bytes: int = 0
+    uploaded_files: int = 0
+    uploaded_bytes: int = 0
+
+
+class DeploymentRead(BaseModel):
+    id: str
+    site_id: str
+    generation: int
+    status: str
+    reason: str | None
+    template_version: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: DeploymentError | None
+    phases: list[PhaseRead]
+    stats: DeploymentStatsRead
+
+
+# --- dns --------------------------------------------------------------------------------
+
+
+class DnsRecordRead(BaseModel):
+    name: str
+    type: str
+    content: str
+    ttl: int
+    status: Literal["pending", "applied", "verified", "error"]
+    error: str | None
+
+
+class DnsRead(BaseModel):
+    zone: str
+    records: list[DnsRecordRead]

@@ -1,0 +1,18 @@
+"""Settings of the API service."""
+
+from __future__ import annotations
+
+from shared.settings import CommonSettings, WebHostSettings
+
+
+class ApiSettings(CommonSettings, WebHostSettings):
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    # Requests with a larger body are refused with 413 before they are parsed.
+    max_body_bytes: int = 1_000_000
+    # The relay publishes at once after a commit in this process; it polls for rows
+    # written by other processes (or left over after a broker outage) at this interval.
+    outbox_poll_interval: float = 0.5
+    outbox_batch: int = 200
+    # How long a publish may wait for the broker's confirm before the relay retries it.
+    publish_timeout: float = 10.0

@@ -1,0 +1,185 @@
+"""Sites: the desired state a tenant asks for, and the jobs that make it real.
+
+Every change here writes its jobs to the outbox in the caller's transaction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Select, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.api import outbox
+from services.api.identity import Principal
+from services.api.schemas import SiteCreate, SiteRead, SiteUpdate, SiteUrls
+from shared.domains import normalize_domain
+from shared.errors import Conflict, Invalid, NotFound
+from shared.ids import new_id
+from shared.messages import (
+    DeploymentRequested,
+    DnsReconcileRequested,
+    DnsRemovalRequested,
+    SiteRemovalRequested,
+)
+from shared.models import Deployment, Site
+from shared.template_packs import TemplateCatalog, TemplatePack, validate_params
+from shared.timeutil import utcnow
+
+
+def site_read(site: Site) -> SiteRead:
+    return SiteRead(
+        id=site.id,
+        domain=site.domain,
+        template=site.template,
+        template_version=site.template_version,
+        params=site.params,
+        status=site.status,  # type: ignore[arg-type]
+        live_deployment_id=site.live_deployment_id,
+        latest_deployment_id=site.latest_deployment_id,
+        created_at=site.created_at,
+        updated_at=site.updated_at,
+        urls=SiteUrls(site=f"https://{site.domain}", origin=f"http://proxy.{site.domain}"),
+    )
+
+
+def visible_sites(principal: Principal) -> Select[tuple[Site]]:
+    query = select(Site)
+    if not principal.is_ops:
+        query = query.where(Site.tenant_id == principal.tenant_id)
+    return query
+
+
+async def get_site(
+    session: AsyncSession, principal: Principal, site_id: str, *, for_update: bool = False
+) -> Site:
+    query = visible_sites(principal).where(Site.id == site_id)
+    if for_update:
+        query = query.with_for_update()
+    site = await session.scalar(query)
+    if site is None:
+        raise NotFound(f"site {site_id!r} not found", code="site_not_found")
+    return site
+
+
+async def create_site(
+    session: AsyncSession, principal: Principal, catalog: TemplateCatalog, req: SiteCreate
+) -> Site:
+    domain = normalize_domain(req.domain)
+    pack = _pack(catalog, req.template, req.template_version)
+    params = validate_params(pack, req.params)
+    if await session.scalar(select(Site.id).where(Site.domain == domain)):
+        raise Conflict(f"domain {domain!r} is already used by a site", code="domain_in_use")
+    now = utcnow()
+    site = Site(
+        id=new_id("site"),
+        tenant_id=principal.tenant_id,
+        domain=domain,
+        template=pack.name,
+        template_version=pack.version,
+        params=params,
+        status="pending",
+        generation=0,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(site)
+    await session.flush()
+    await request_deployment(session, site, reason="site created")
+    outbox.enqueue(
+        session,
+        DnsReconcileRequested(tenant_id=site.tenant_id, site_id=site.id, domain=site.domain),
+    )
+    return site
+
+
+async def update_site(
+    session: AsyncSession,
+    principal: Principal,
+    catalog: TemplateCatalog,
+    site_id: str,
+    req: SiteUpdate,
+) -> Site:
+    site = await get_site(session, principal, site_id, for_update=True)
+    _refuse_if_deleting(site)
+    version = req.template_version or site.template_version
+    pack = _pack(catalog, site.template, version)
+    params = validate_params(pack, req.params if req.params is not None else site.params)
+    site.template_version = pack.version
+    site.params = params
+    site.updated_at = utcnow()
+    await request_deployment(session, site, reason="site updated")
+    return site
+
+
+async def delete_site(session: AsyncSession, principal: Principal, site_id: str) -> Site:
+    site = await get_site(session, principal, site_id, for_update=True)
+    if site.status != "deleting":
+        site.status = "deleting"
+        site.updated_at = utcnow()
+        ids: dict[str, Any] = {
+            "tenant_id": site.tenant_id,
+            "site_id": site.id,
+            "domain": site.domain,
+        }
+        outbox.enqueue(session, SiteRemovalRequested(**ids))
+        outbox.enqueue(session, DnsRemovalRequested(**ids))
+    return site
+
+
+async def request_deployment(
+    session: AsyncSession, site: Site, *, reason: str | None, rollback_to: str | None = None
+) -> Deployment:
+    """A new generation for the site; older queued jobs will be fenced off as superseded."""
+    _refuse_if_deleting(site)
+    site.generation += 1
+    deployment = Deployment(
+        id=new_id("dep"),
+        site_id=site.id,
+        tenant_id=site.tenant_id,
+        generation=site.generation,
+        status="queued",
+        reason=reason,
+        template_version=site.template_version,
+        params=site.params,
+        rollback_to=rollback_to,
+        created_at=utcnow(),
+        phases=[],
+        stats={},
+    )
+    session.add(deployment)
+    site.latest_deployment_id = deployment.id
+    await session.flush()
+    outbox.enqueue(
+        session,
+        DeploymentRequested(
+            deployment_id=deployment.id,
+            tenant_id=site.tenant_id,
+            site_id=site.id,
+            domain=site.domain,
+            generation=deployment.generation,
+            template=site.template,
+            template_version=deployment.template_version,
+            params=deployment.params,
+            rollback_to=rollback_to,
+        ),
+    )
+    return deployment
+
+
+def _pack(catalog: TemplateCatalog, name: str, version: str | None) -> TemplatePack:
+    """The pack a request names; a name or version we do not have is a 422 on that field."""
+    try:
+        return catalog.get(name, version)
+    except NotFound as exc:
+        field = "template_version" if exc.code == "template_version_not_found" else "template"
+        raise Invalid(
+            exc.message,
+            code=exc.code,
+            details={**exc.details, "fields": [{"field": field, "message": exc.message}]},
+        ) from None
+
+
+def _refuse_if_deleting(site: Site) -> None:
+    if site.status == "deleting":
+        raise Conflict(f"site {site.id!r} is being deleted", code="site_deleting")
