@@ -83,34 +83,36 @@ def _dead_letter_to(queue: str) -> dict[str, Any]:
 async def declare_topology(
     channel: AbstractChannel, retry_delays: list[float], delivery_limit: int
 ) -> None:
-    exchanges = {
-        name: await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
-        for name in (JOBS_EXCHANGE, EVENTS_EXCHANGE)
-    }
-    quorum = {"x-queue-type": "quorum"}
     for spec in ALL_QUEUES:
-        await channel.declare_queue(spec.parked, durable=True, arguments=quorum)
-        queue = await channel.declare_queue(
-            spec.name,
+        await declare_queue(channel, spec, retry_delays, delivery_limit)
+
+
+async def declare_queue(
+    channel: AbstractChannel, spec: QueueSpec, retry_delays: list[float], delivery_limit: int
+) -> None:
+    """One work queue with its bindings, its wait queues and its parked queue."""
+    exchange = await channel.declare_exchange(
+        spec.exchange, aio_pika.ExchangeType.TOPIC, durable=True
+    )
+    quorum = {"x-queue-type": "quorum"}
+    await channel.declare_queue(spec.parked, durable=True, arguments=quorum)
+    queue = await channel.declare_queue(
+        spec.name,
+        durable=True,
+        arguments={**quorum, "x-delivery-limit": delivery_limit, **_dead_letter_to(spec.parked)},
+    )
+    for key in spec.bindings:
+        await queue.bind(exchange, routing_key=key)
+    for delay in retry_delays:
+        await channel.declare_queue(
+            spec.wait_queue(delay),
             durable=True,
             arguments={
                 **quorum,
-                "x-delivery-limit": delivery_limit,
-                **_dead_letter_to(spec.parked),
+                "x-message-ttl": round(delay * 1000),
+                **_dead_letter_to(spec.name),
             },
         )
-        for key in spec.bindings:
-            await queue.bind(exchanges[spec.exchange], routing_key=key)
-        for delay in retry_delays:
-            await channel.declare_queue(
-                spec.wait_queue(delay),
-                durable=True,
-                arguments={
-                    **quorum,
-                    "x-message-ttl": round(delay * 1000),
-                    **_dead_letter_to(spec.name),
-                },
-            )
 
 
 async def connect(url: str, *, name: str, retry_every: float = 1.0) -> AbstractRobustConnection:
