@@ -26,7 +26,7 @@ class BrokerLink:
 
     @property
     def ready(self) -> bool:
-        return self.connection is not None and not self.connection.is_closed
+        return self.connection is not None and self.connection.connected.is_set()
 
     async def run(self) -> None:
         s = self.settings
