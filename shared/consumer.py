@@ -11,12 +11,13 @@ If the copy cannot be published (broker gone) nothing is acked, so the broker re
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from pydantic import ValidationError
 
 from shared.broker import (
@@ -52,13 +53,41 @@ class Consumer:
         self.retry_delays = retry_delays
         # Event queues do not announce their own parked copies (that would loop on *.parked).
         self.emit_parked = emit_parked
+        self._queue: AbstractQueue | None = None
+        self._tag: str | None = None
+        self._in_hand = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     async def start(self, channel: AbstractChannel, prefetch: int) -> None:
         await channel.set_qos(prefetch_count=prefetch)
-        queue = await channel.get_queue(self.spec.name, ensure=False)
-        await queue.consume(self.on_message)
+        self._queue = await channel.get_queue(self.spec.name, ensure=False)
+        self._tag = await self._queue.consume(self.on_message)
+
+    async def stop(self, grace: float) -> None:
+        """Take no new messages, then give the ones in hand ``grace`` seconds to finish
+        (whatever is still unacked after that is redelivered by the broker)."""
+        if self._queue is not None and self._tag is not None:
+            await self._queue.cancel(self._tag)
+            self._tag = None
+        try:
+            async with asyncio.timeout(grace):
+                await self._idle.wait()
+        except TimeoutError:
+            log.warning("messages still in hand at shutdown; the broker will redeliver them",
+                        extra={"queue": self.spec.name, "in_hand": self._in_hand})
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
+        self._in_hand += 1
+        self._idle.clear()
+        try:
+            await self._on_message(message)
+        finally:
+            self._in_hand -= 1
+            if self._in_hand == 0:
+                self._idle.set()
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
         try:
             envelope = Envelope.model_validate_json(message.body)
             payload = parse_payload(envelope)

@@ -65,7 +65,7 @@ async def get_site(
 async def create_site(
     session: AsyncSession, principal: Principal, catalog: TemplateCatalog, req: SiteCreate
 ) -> Site:
-    domain = normalize_domain(req.domain)
+    domain = site_domain(req.domain)
     pack = _pack(catalog, req.template, req.template_version)
     params = validate_params(pack, req.params)
     if await session.scalar(select(Site.id).where(Site.domain == domain)):
@@ -116,6 +116,8 @@ async def delete_site(session: AsyncSession, principal: Principal, site_id: str)
     site = await get_site(session, principal, site_id, for_update=True)
     if site.status != "deleting":
         site.status = "deleting"
+        # Fences off any deploy job still queued or retrying: it must not bring files back.
+        site.generation += 1
         site.updated_at = utcnow()
         ids: dict[str, Any] = {
             "tenant_id": site.tenant_id,
@@ -165,6 +167,24 @@ async def request_deployment(
         ),
     )
     return deployment
+
+
+# Host names we derive from a site's domain (served and published for it automatically).
+DERIVED_PREFIXES = ("www.", "proxy.", "media.")
+
+
+def site_domain(raw: str) -> str:
+    domain = normalize_domain(raw)
+    for prefix in DERIVED_PREFIXES:
+        if domain.startswith(prefix):
+            apex = domain[len(prefix) :]
+            reason = f"use {apex!r}: {prefix}<domain> is created for every site automatically"
+            raise Invalid(
+                f"domain {domain!r} is reserved: {reason}",
+                code="invalid_domain",
+                details={"fields": [{"field": "domain", "message": reason}]},
+            )
+    return domain
 
 
 def _pack(catalog: TemplateCatalog, name: str, version: str | None) -> TemplatePack:

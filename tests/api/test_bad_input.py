@@ -25,6 +25,8 @@ BAD_DOMAINS = [
     "evil.com/../../x",
     "evil.com\nserver_name x",
     "$host.com",
+    "www.bakery.example",  # derived names are created for each site, never sites themselves
+    "proxy.bakery.example",
 ]
 
 

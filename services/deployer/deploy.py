@@ -1,0 +1,296 @@
+"""The deploy pipeline of one job: build -> upload -> activate -> health check -> report.
+
+Outcomes (the consumer maps them to broker actions):
+    returns after reporting ``live``            the site serves the new release
+    returns after reporting ``failed``          this job can never succeed (ack it)
+    returns after reporting ``superseded``      a newer generation or a deleted site won
+    returns without a final report              a duplicate of a finished job
+    raises ``Transient``                        retry later; nothing final was reported
+
+``current`` only ever moves to a release that was uploaded whole, and moves back to the
+release that served before when the new one is not seen healthy through nginx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+from services.deployer.fence import Fence, Fenced
+from services.deployer.health import check_release
+from services.deployer.release import HostTransport, check_domain, check_release_id
+from services.deployer.render import render_site
+from services.deployer.settings import DeployerSettings
+from shared.errors import Permanent, SitefleetError, Transient
+from shared.messages import (
+    DeploymentFailed,
+    DeploymentProgressed,
+    DeploymentReport,
+    DeploymentRequested,
+    DeploymentStats,
+    DeploymentStatus,
+    DeploymentSucceeded,
+    DeploymentSuperseded,
+    ErrorInfo,
+    Phase,
+)
+from shared.template_packs import TemplateCatalog, TemplatePack
+from shared.timeutil import utcnow
+
+log = logging.getLogger(__name__)
+
+Report = Callable[[DeploymentReport], Awaitable[None]]
+
+
+async def deploy(
+    job: DeploymentRequested,
+    *,
+    catalog: TemplateCatalog,
+    host: HostTransport,
+    report: Report,
+    fence: Fence,
+    settings: DeployerSettings,
+) -> None:
+    """Run one deploy job to its outcome (see the module docstring)."""
+    run = _Run(job, report)
+    try:
+        check_domain(job.domain)
+        check_release_id(job.deployment_id)
+        if job.rollback_to is not None:
+            check_release_id(job.rollback_to)
+        if await run.fenced(fence):
+            return
+        if job.rollback_to is not None:
+            await _roll_back_to(run, job.rollback_to, host=host, settings=settings)
+        else:
+            await _build_and_release(
+                run, catalog=catalog, host=host, fence=fence, settings=settings
+            )
+    except Transient:
+        raise
+    except SitefleetError as exc:
+        log.warning(
+            "deployment failed",
+            extra={
+                "deployment_id": job.deployment_id,
+                "error_code": exc.code,
+                "error": exc.message,
+            },
+        )
+        await run.finish(
+            DeploymentFailed, "failed", error=ErrorInfo(code=exc.code, message=exc.message)
+        )
+
+
+async def _build_and_release(
+    run: _Run,
+    *,
+    catalog: TemplateCatalog,
+    host: HostTransport,
+    fence: Fence,
+    settings: DeployerSettings,
+) -> None:
+    job = run.job
+    work_dir = settings.work_root / job.deployment_id
+    try:
+        try:
+            async with asyncio.timeout(settings.deploy_timeout):
+                async with run.phase("build", "building"):
+                    out_dir = work_dir / "site"
+                    await _build(
+                        job, catalog.get(job.template, job.template_version), out_dir, settings
+                    )
+                async with run.phase("upload", "uploading"):
+                    stats = await host.upload(job.domain, job.deployment_id, out_dir)
+        except TimeoutError:
+            raise Transient(
+                f"building and uploading {job.domain} took over {settings.deploy_timeout} s",
+                code="deploy_timed_out",
+            ) from None
+    finally:
+        await asyncio.to_thread(shutil.rmtree, work_dir, ignore_errors=True)
+
+    # Time has passed: a newer generation may have been requested meanwhile.
+    if await run.fenced(fence):
+        return
+    await _activate_and_check(run, job.deployment_id, host=host, settings=settings)
+    await run.finish(DeploymentSucceeded, "live", stats=stats)
+    log.info(
+        "deployment live",
+        extra={"deployment_id": job.deployment_id, "domain": job.domain, **stats.model_dump()},
+    )
+    await _prune(host, job.domain, settings.keep_releases)
+
+
+async def _roll_back_to(
+    run: _Run, release_id: str, *, host: HostTransport, settings: DeployerSettings
+) -> None:
+    """Serve an earlier release again, without building anything."""
+    domain = run.job.domain
+    if release_id not in await host.releases(domain):
+        raise Permanent(
+            f"release {release_id} of {domain} is no longer on the web host",
+            code="release_not_found",
+        )
+    await _activate_and_check(run, release_id, host=host, settings=settings)
+    await run.finish(DeploymentSucceeded, "live", stats=DeploymentStats())
+    log.info(
+        "rolled back: release live again",
+        extra={"deployment_id": run.job.deployment_id, "domain": domain, "release": release_id},
+    )
+    await _prune(host, domain, settings.keep_releases)
+
+
+async def _activate_and_check(
+    run: _Run, release_id: str, *, host: HostTransport, settings: DeployerSettings
+) -> None:
+    domain = run.job.domain
+    previous = await host.current_release(domain)
+    async with run.phase("activate", "activating"):
+        await host.activate(domain, release_id)
+    try:
+        async with run.phase("health_check"):
+            problem = await check_release(
+                domain,
+                release_id,
+                http_host=settings.http_host,
+                http_port=settings.http_port,
+                request_timeout=settings.health_check_timeout,
+            )
+            if problem is not None:
+                raise Permanent(problem, code="health_check_failed")
+    except SitefleetError as exc:
+        # Whatever went wrong (even nginx not answering), `current` must not stay on a
+        # release that was never seen healthy: put back what served before.
+        if previous == release_id:
+            raise  # it was already serving before this job: nothing to undo
+        async with run.phase("rollback"):
+            if previous is not None:
+                await host.activate(domain, previous)
+                exc.message += f"; rolled back to release {previous}"
+            else:
+                await host.deactivate(domain)
+                exc.message += "; no earlier release to roll back to, the site is offline"
+        raise
+
+
+async def _prune(host: HostTransport, domain: str, keep: int) -> None:
+    # The deployment is already live and reported: a failed clean-up is retried by the
+    # next deploy of the site, not by redoing this one.
+    try:
+        removed = await host.prune(domain, keep)
+    except SitefleetError as exc:
+        log.warning("pruning old releases failed", extra={"domain": domain, "error": exc.message})
+        return
+    if removed:
+        log.info("old releases pruned", extra={"domain": domain, "releases": removed})
+
+
+async def _build(
+    job: DeploymentRequested, pack: TemplatePack, out_dir: Path, settings: DeployerSettings
+) -> None:
+    try:
+        await asyncio.to_thread(_fresh_dir, out_dir.parent)
+        await asyncio.to_thread(
+            render_site,
+            pack,
+            job.params,
+            domain=job.domain,
+            release_id=job.deployment_id,
+            out_dir=out_dir,
+            max_files=settings.max_release_files,
+            max_bytes=settings.max_release_bytes,
+        )
+    except OSError as exc:
+        raise Transient(
+            f"writing the build of {job.domain} failed: {exc}", code="build_io_failed"
+        ) from exc
+
+
+def _fresh_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+
+
+class _Run:
+    """The phases of one deployment so far, and reporting them."""
+
+    def __init__(self, job: DeploymentRequested, report: Report) -> None:
+        self.job = job
+        self._report = report
+        self.status: DeploymentStatus = "queued"
+        self.phases: list[Phase] = []
+
+    async def fenced(self, fence: Fence) -> bool:
+        verdict: Fenced | None = await fence(self.job)
+        if verdict is None:
+            return False
+        log.info(
+            "deployment fenced",
+            extra={
+                "deployment_id": self.job.deployment_id,
+                "reason": verdict.reason,
+                "duplicate": verdict.duplicate,
+            },
+        )
+        if not verdict.duplicate:
+            await self.finish(
+                DeploymentSuperseded,
+                "superseded",
+                error=ErrorInfo(code="superseded", message=verdict.reason),
+            )
+        return True
+
+    @contextlib.asynccontextmanager
+    async def phase(self, name: str, status: DeploymentStatus | None = None) -> AsyncIterator[None]:
+        """Record a phase; report progress as it starts (with the new status, if any)."""
+        phase = Phase(name=name, started_at=utcnow(), status="running")
+        self.phases.append(phase)
+        if status is not None:
+            self.status = status
+        await self._send(DeploymentProgressed, self.status)
+        try:
+            yield
+        except BaseException:
+            phase.status, phase.finished_at = "failed", utcnow()
+            raise
+        phase.status, phase.finished_at = "succeeded", utcnow()
+
+    async def finish(
+        self,
+        event: type[DeploymentReport],
+        status: DeploymentStatus,
+        *,
+        stats: DeploymentStats | None = None,
+        error: ErrorInfo | None = None,
+    ) -> None:
+        self.status = status
+        await self._send(event, status, stats=stats, error=error)
+
+    async def _send(
+        self,
+        event: type[DeploymentReport],
+        status: DeploymentStatus,
+        *,
+        stats: DeploymentStats | None = None,
+        error: ErrorInfo | None = None,
+    ) -> None:
+        job = self.job
+        await self._report(
+            event(
+                deployment_id=job.deployment_id,
+                tenant_id=job.tenant_id,
+                site_id=job.site_id,
+                domain=job.domain,
+                generation=job.generation,
+                status=status,
+                # Copies: later phase updates must not rewrite what was already reported.
+                phases=[phase.model_copy() for phase in self.phases],
+                stats=stats,
+                error=error,
+            )
+        )

@@ -1,0 +1,76 @@
+"""The post-activation health check: fetch the site's front page through nginx, as a
+visitor's request would arrive (the site's ``Host`` header), and prove it is the new release.
+"""
+
+from __future__ import annotations
+
+from html.parser import HTMLParser
+
+import httpx
+
+from shared.errors import Transient
+
+RELEASE_META = "sitefleet-release"
+# The release marker sits in <head>; no need to read a whole large page to find it.
+MAX_BODY_BYTES = 1024 * 1024
+
+
+async def check_release(
+    domain: str,
+    release_id: str,
+    *,
+    http_host: str,
+    http_port: int,
+    request_timeout: float,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> str | None:
+    """None if the web host serves ``release_id`` for ``domain``, else what is wrong.
+
+    Healthy: status 200 and, if the page carries ``<meta name="sitefleet-release">``, its
+    content is ``release_id``. Raises ``Transient`` when nginx does not answer at all (that
+    says nothing about the release).
+    """
+    url = f"http://{http_host}:{http_port}/"
+    try:
+        async with (
+            httpx.AsyncClient(timeout=request_timeout, transport=transport) as client,
+            client.stream("GET", url, headers={"Host": domain}) as response,
+        ):
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) >= MAX_BODY_BYTES:
+                    break
+    except httpx.TransportError as exc:
+        raise Transient(
+            f"the web host at {http_host}:{http_port} did not answer for {domain}: "
+            f"{type(exc).__name__}: {exc}",
+            code="web_host_unreachable",
+        ) from exc
+    if response.status_code != 200:
+        return f"GET / with Host {domain} answered HTTP {response.status_code}, expected 200"
+    served = release_marker(body.decode(response.encoding or "utf-8", errors="replace"))
+    if served is not None and served != release_id:
+        return f"the web host serves release {served!r} for {domain}, expected {release_id!r}"
+    return None
+
+
+def release_marker(html: str) -> str | None:
+    """The content of the first ``<meta name="sitefleet-release">``, or None."""
+    parser = _ReleaseMetaParser()
+    parser.feed(html)
+    parser.close()
+    return parser.release
+
+
+class _ReleaseMetaParser(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.release: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag != "meta" or self.release is not None:
+            return
+        values = dict(attrs)
+        if (values.get("name") or "").lower() == RELEASE_META:
+            self.release = (values.get("content") or "").strip()

@@ -1,0 +1,276 @@
+"""Releases on a web host: uploading them whole, switching ``current`` atomically, rollback
+targets, pruning and removing a site.
+
+Layout under a host's sites root (nginx serves ``<sites_root>/<domain>/current``)::
+
+    <domain>/releases/<release_id>/...     one immutable directory per deployment
+    <domain>/releases/.tmp-<release_id>/   an upload in progress (renamed when whole)
+    <domain>/current -> releases/<id>      relative symlink, replaced with one rename(2)
+
+``HostTransport`` is what the deploy pipeline talks to; ``LocalHost`` is the web host on this
+machine (the SSH transport to remote hosts implements the same methods). Every method checks
+the domain and release id before they touch a path. Host I/O failures raise ``Transient``.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import os
+import re
+import secrets
+import shutil
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from shared.domains import normalize_domain
+from shared.errors import Invalid, NotFound, Transient
+from shared.messages import DeploymentStats
+
+# shared.ids.new_id(): a short prefix, then 12 hex digits of clock and 16 random.
+RELEASE_ID = re.compile(r"^[a-z]{1,16}_[0-9a-f]{28}$")
+FILE_MODE = 0o644
+DIR_MODE = 0o755
+CURRENT = "current"
+RELEASES = "releases"
+TMP_PREFIX = ".tmp-"
+
+
+def check_domain(domain: str) -> str:
+    """``domain`` if it is already in normalized form, else ``Invalid`` (never a path)."""
+    if normalize_domain(domain) != domain:
+        raise Invalid(f"domain {domain!r} is not in normalized form", code="invalid_domain")
+    return domain
+
+
+def check_release_id(release_id: str) -> str:
+    if not RELEASE_ID.match(release_id):
+        raise Invalid(f"release id {release_id!r} is malformed", code="invalid_release_id")
+    return release_id
+
+
+class HostTransport(abc.ABC):
+    """One web host, as the deploy pipeline sees it."""
+
+    name: str
+
+    @abc.abstractmethod
+    async def upload(self, domain: str, release_id: str, src_dir: Path) -> DeploymentStats:
+        """Make ``releases/<release_id>`` a copy of ``src_dir``; it appears whole or not at
+        all. A release already there is kept as is (``uploaded_*`` are then 0)."""
+
+    @abc.abstractmethod
+    async def activate(self, domain: str, release_id: str) -> None:
+        """Point ``current`` at an uploaded release in one atomic step; ``NotFound``
+        (``release_not_found``) if it is not on the host."""
+
+    @abc.abstractmethod
+    async def deactivate(self, domain: str) -> None:
+        """Remove ``current``: the site stops being served, its releases stay."""
+
+    @abc.abstractmethod
+    async def current_release(self, domain: str) -> str | None:
+        """The release ``current`` points at, or None."""
+
+    @abc.abstractmethod
+    async def releases(self, domain: str) -> list[str]:
+        """Release ids on the host, oldest upload first."""
+
+    @abc.abstractmethod
+    async def prune(self, domain: str, keep: int) -> list[str]:
+        """Delete all but the ``keep`` newest releases (the current one always stays and
+        counts toward ``keep``); returns the deleted ids."""
+
+    @abc.abstractmethod
+    async def remove_site(self, domain: str) -> None:
+        """Stop serving the site at once, then delete all its files. Idempotent."""
+
+
+@contextlib.contextmanager
+def _host_io(action: str, domain: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        raise Transient(
+            f"{action} for {domain} failed on the web host: {exc}", code="host_io_failed"
+        ) from exc
+
+
+class LocalHost(HostTransport):
+    """The web host on this machine: plain file operations under ``sites_root``, each run
+    in a worker thread so a large copy never stalls the event loop (and its heartbeats)."""
+
+    name = "local"
+
+    def __init__(self, sites_root: Path) -> None:
+        self.sites_root = sites_root
+
+    def _site_dir(self, domain: str) -> Path:
+        return self.sites_root / check_domain(domain)
+
+    def _release_dir(self, domain: str, release_id: str) -> Path:
+        return self._site_dir(domain) / RELEASES / check_release_id(release_id)
+
+    async def upload(self, domain: str, release_id: str, src_dir: Path) -> DeploymentStats:
+        final = self._release_dir(domain, release_id)
+        with _host_io("upload", domain):
+            return await asyncio.to_thread(self._upload, final, src_dir)
+
+    def _upload(self, final: Path, src_dir: Path) -> DeploymentStats:
+        files, size = _count_tree(src_dir)
+        stats = DeploymentStats(files=files, bytes=size)
+        if final.is_dir():
+            return stats
+        _make_dirs(final.parent)
+        tmp = final.with_name(TMP_PREFIX + final.name)
+        if tmp.exists():  # left by an attempt that died mid-copy
+            shutil.rmtree(tmp)
+        _copy_tree(src_dir, tmp)
+        # The release's mtime is its upload time: it orders releases for pruning (ids sort by
+        # creation only to the millisecond, and an API may mint them differently).
+        now = time.time_ns()
+        os.utime(tmp, ns=(now, now))
+        os.rename(tmp, final)
+        stats.uploaded_files, stats.uploaded_bytes = files, size
+        return stats
+
+    async def activate(self, domain: str, release_id: str) -> None:
+        release = self._release_dir(domain, release_id)
+        with _host_io("activate", domain):
+            await asyncio.to_thread(self._activate, release)
+
+    def _activate(self, release: Path) -> None:
+        if not release.is_dir() or release.is_symlink():
+            raise NotFound(
+                f"release {release.name} is not on the web host", code="release_not_found"
+            )
+        site_dir = release.parent.parent
+        tmp = site_dir / f"{CURRENT}.tmp-{secrets.token_hex(6)}"
+        os.symlink(f"{RELEASES}/{release.name}", tmp)
+        try:
+            os.rename(tmp, site_dir / CURRENT)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    async def deactivate(self, domain: str) -> None:
+        current = self._site_dir(domain) / CURRENT
+        with _host_io("deactivate", domain):
+            await asyncio.to_thread(current.unlink, missing_ok=True)
+
+    async def current_release(self, domain: str) -> str | None:
+        current = self._site_dir(domain) / CURRENT
+        with _host_io("reading current release", domain):
+            return await asyncio.to_thread(_read_current, current)
+
+    async def releases(self, domain: str) -> list[str]:
+        releases_dir = self._site_dir(domain) / RELEASES
+        with _host_io("listing releases", domain):
+            return await asyncio.to_thread(_list_releases, releases_dir)
+
+    async def prune(self, domain: str, keep: int) -> list[str]:
+        if keep < 1:
+            raise ValueError("keep must be at least 1")
+        site_dir = self._site_dir(domain)
+        with _host_io("pruning releases", domain):
+            return await asyncio.to_thread(self._prune, site_dir, keep)
+
+    def _prune(self, site_dir: Path, keep: int) -> list[str]:
+        releases_dir = site_dir / RELEASES
+        current = _read_current(site_dir / CURRENT)
+        others = [r for r in _list_releases(releases_dir) if r != current]
+        slots = keep - 1 if current is not None else keep
+        doomed = others[: max(len(others) - slots, 0)]
+        for release_id in doomed:
+            shutil.rmtree(releases_dir / release_id)
+        # Uploads that died half-way (deploys of one site never overlap, so none is live).
+        if releases_dir.is_dir():
+            for entry in releases_dir.iterdir():
+                if entry.name.startswith(TMP_PREFIX) and not entry.is_symlink():
+                    shutil.rmtree(entry)
+        return doomed
+
+    async def remove_site(self, domain: str) -> None:
+        site_dir = self._site_dir(domain)
+        with _host_io("removing site", domain):
+            await asyncio.to_thread(_remove_site, site_dir)
+
+
+def _read_current(current: Path) -> str | None:
+    try:
+        target = os.readlink(current)
+    except FileNotFoundError:
+        return None
+    release_id = Path(target).name
+    return release_id if RELEASE_ID.match(release_id) else None
+
+
+def _list_releases(releases_dir: Path) -> list[str]:
+    if not releases_dir.is_dir():
+        return []
+    found = []
+    for entry in releases_dir.iterdir():
+        if RELEASE_ID.match(entry.name) and entry.is_dir() and not entry.is_symlink():
+            found.append((entry.stat().st_mtime_ns, entry.name))
+    return [name for _, name in sorted(found)]
+
+
+def _remove_site(site_dir: Path) -> None:
+    # Unlink `current` first: nginx answers 404 from this instant, whatever rmtree meets.
+    (site_dir / CURRENT).unlink(missing_ok=True)
+    if site_dir.is_symlink():
+        site_dir.unlink()
+    elif site_dir.exists():
+        shutil.rmtree(site_dir)
+
+
+def _make_dirs(path: Path) -> None:
+    """mkdir -p with world-readable modes whatever the umask (nginx runs as nobody)."""
+    missing = []
+    cursor = path
+    while not cursor.exists():
+        missing.append(cursor)
+        cursor = cursor.parent
+    for directory in reversed(missing):
+        directory.mkdir(exist_ok=True)
+        os.chmod(directory, DIR_MODE)
+
+
+def _walk_regular(src_dir: Path) -> Iterator[tuple[Path, os.stat_result]]:
+    """(relative path, lstat) of every entry; a release holds only files and directories."""
+    for dirpath, dirnames, filenames in os.walk(src_dir, followlinks=False):
+        here = Path(dirpath)
+        for name in sorted(dirnames) + sorted(filenames):
+            st = os.lstat(here / name)
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+                raise Invalid(
+                    f"release entry {(here / name).relative_to(src_dir)} is not a regular "
+                    "file or directory",
+                    code="invalid_release",
+                )
+            yield (here / name).relative_to(src_dir), st
+
+
+def _count_tree(src_dir: Path) -> tuple[int, int]:
+    files = size = 0
+    for _, st in _walk_regular(src_dir):
+        if stat.S_ISREG(st.st_mode):
+            files += 1
+            size += st.st_size
+    return files, size
+
+
+def _copy_tree(src_dir: Path, dest: Path) -> None:
+    dest.mkdir()
+    os.chmod(dest, DIR_MODE)
+    for rel, st in _walk_regular(src_dir):
+        target = dest / rel
+        if stat.S_ISDIR(st.st_mode):
+            target.mkdir()
+            os.chmod(target, DIR_MODE)
+        else:
+            shutil.copyfile(src_dir / rel, target, follow_symlinks=False)
+            os.chmod(target, FILE_MODE)
