@@ -94,7 +94,7 @@ async def declare_queue(
     exchange = await channel.declare_exchange(
         spec.exchange, aio_pika.ExchangeType.TOPIC, durable=True
     )
-    quorum = {"x-queue-type": "quorum"}
+    quorum: dict[str, Any] = {"x-queue-type": "quorum"}
     await channel.declare_queue(spec.parked, durable=True, arguments=quorum)
     queue = await channel.declare_queue(
         spec.name,

@@ -74,8 +74,10 @@ class Consumer:
             async with asyncio.timeout(grace):
                 await self._idle.wait()
         except TimeoutError:
-            log.warning("messages still in hand at shutdown; the broker will redeliver them",
-                        extra={"queue": self.spec.name, "in_hand": self._in_hand})
+            log.warning(
+                "messages still in hand at shutdown; the broker will redeliver them",
+                extra={"queue": self.spec.name, "in_hand": self._in_hand},
+            )
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         self._in_hand += 1
@@ -104,7 +106,8 @@ class Consumer:
     async def _handle(
         self, message: AbstractIncomingMessage, envelope: Envelope, payload: Message
     ) -> None:
-        attempt = int((message.headers or {}).get(H_ATTEMPT, 0) or 0)
+        raw_attempt = (message.headers or {}).get(H_ATTEMPT, 0)
+        attempt = raw_attempt if isinstance(raw_attempt, int) else 0
         try:
             await self.handler(envelope, payload)
         except Transient as exc:

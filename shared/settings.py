@@ -22,7 +22,7 @@ class CommonSettings(BaseSettings):
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     log_level: str = "INFO"
     # Backoff ladder of the retry wait queues, in seconds; a job is parked after the last.
-    retry_delays: list[float] = Field(default_factory=lambda: [10, 60, 300, 1800, 7200])
+    retry_delays: list[float] = Field(default_factory=lambda: [10.0, 60.0, 300.0, 1800.0, 7200.0])
     # Quorum-queue redeliveries before a crash-looping message is dead-lettered to *.parked.
     delivery_limit: int = 10
     prefetch: int = 8

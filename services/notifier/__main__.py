@@ -34,6 +34,7 @@ async def main() -> None:
         )
         await consumer.start(channel, settings.prefetch)
         await stop.wait()
+        await consumer.stop(settings.webhook_timeout + 5)
 
 
 if __name__ == "__main__":

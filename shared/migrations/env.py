@@ -20,7 +20,9 @@ def _run(connection) -> None:  # type: ignore[no-untyped-def]
 
 
 async def _main() -> None:
-    engine = create_async_engine(config.get_main_option("sqlalchemy.url"))
+    url = config.get_main_option("sqlalchemy.url")
+    assert url, "sqlalchemy.url must be set (see shared/migrate.py)"
+    engine = create_async_engine(url)
     async with engine.connect() as connection:
         await connection.run_sync(_run)
     await engine.dispose()

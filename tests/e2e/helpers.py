@@ -16,18 +16,24 @@ TERMINAL = {"live", "failed", "superseded", "cancelled", "rolled_back"}
 
 
 def landing_params(title: str, **extra: Any) -> dict[str, Any]:
-    return {"title": title, "contact_email": "owner@example.org",
-            "tagline": "Fresh bread daily", **extra}
+    return {
+        "title": title,
+        "contact_email": "owner@example.org",
+        "tagline": "Fresh bread daily",
+        **extra,
+    }
 
 
-async def wait_deployment(api: httpx.AsyncClient, deployment_id: str,
-                          timeout: float = 60) -> dict[str, Any]:
+async def wait_deployment(
+    api: httpx.AsyncClient, deployment_id: str, timeout: float = 60
+) -> dict[str, Any]:
     async def finished() -> dict[str, Any] | None:
         dep = (await api.get(f"/v1/deployments/{deployment_id}")).json()
         return dep if dep["status"] in TERMINAL else None
 
-    result: dict[str, Any] = await wait_until(finished, timeout=timeout,
-                                              what=f"deployment {deployment_id}")
+    result: dict[str, Any] = await wait_until(
+        finished, timeout=timeout, what=f"deployment {deployment_id}"
+    )
     return result
 
 

@@ -9,8 +9,12 @@ from tests.fixtures.platform import Platform, wait_until
 
 def failure(site_id: str) -> DeploymentFailed:
     return DeploymentFailed(
-        deployment_id="dep_0000000000000000000000000000", tenant_id="ten_x", site_id=site_id,
-        domain="broken.example", generation=1, status="failed",
+        deployment_id="dep_0000000000000000000000000000",
+        tenant_id="ten_x",
+        site_id=site_id,
+        domain="broken.example",
+        generation=1,
+        status="failed",
         error=ErrorInfo(code="health_check_failed", message="nginx answered 502"),
     )
 

@@ -19,8 +19,9 @@ async def test_api_keeps_answering_and_loses_nothing_while_broker_is_down(
     # The platform's own vhost, reached by the API through the proxy only.
     platform = await platforms.start("outage", services=("deployer",))
     vhost = platform.amqp_url.rsplit("/", 1)[1]
-    platform.start_service("api", {
-        "SITEFLEET_AMQP_URL": f"amqp://guest:guest@127.0.0.1:{proxy.port}/{vhost}"})
+    platform.start_service(
+        "api", {"SITEFLEET_AMQP_URL": f"amqp://guest:guest@127.0.0.1:{proxy.port}/{vhost}"}
+    )
     await platforms._wait_api(platform)
     token = await platform.new_tenant()
     async with platform.client(token) as api:
@@ -28,9 +29,14 @@ async def test_api_keeps_answering_and_loses_nothing_while_broker_is_down(
 
         await proxy.cut()
         await wait_until(lambda: _not_ready(api), what="readyz to notice the outage")
-        created = await api.post("/v1/sites", json={
-            "domain": "outage.example", "template": "landing",
-            "params": landing_params("Written during the outage")})
+        created = await api.post(
+            "/v1/sites",
+            json={
+                "domain": "outage.example",
+                "template": "landing",
+                "params": landing_params("Written during the outage"),
+            },
+        )
         assert created.status_code == 201, created.text
         site = created.json()
         assert (await api.get(f"/v1/sites/{site['id']}")).json()["status"] == "pending"

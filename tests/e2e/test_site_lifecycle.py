@@ -9,11 +9,14 @@ from tests.e2e.helpers import landing_params, query, wait_deployment
 from tests.fixtures.platform import Platform, wait_until
 
 
-async def test_site_goes_live_changes_and_goes_away(api: httpx.AsyncClient,
-                                                    platform: Platform) -> None:
+async def test_site_goes_live_changes_and_goes_away(
+    api: httpx.AsyncClient, platform: Platform
+) -> None:
     domain = "bakery.example"
-    created = await api.post("/v1/sites", json={
-        "domain": domain, "template": "landing", "params": landing_params("Rosa's Bakery")})
+    created = await api.post(
+        "/v1/sites",
+        json={"domain": domain, "template": "landing", "params": landing_params("Rosa's Bakery")},
+    )
     assert created.status_code == 201, created.text
     site = created.json()
     assert site["status"] == "pending"
@@ -44,10 +47,12 @@ async def test_site_goes_live_changes_and_goes_away(api: httpx.AsyncClient,
 
     records = await wait_until(dns_verified, timeout=60, what="DNS records verified")
     assert {(r["name"], r["type"]) for r in records} == {
-        (f"proxy.{domain}.", "A"), (f"{domain}.", "ALIAS"), (f"www.{domain}.", "CNAME"),
-        (f"media.{domain}.", "CNAME")}
-    assert (await query(platform.dns_port, f"proxy.{domain}", "A")) == ("NOERROR",
-                                                                          ["127.0.0.1"])
+        (f"proxy.{domain}.", "A"),
+        (f"{domain}.", "ALIAS"),
+        (f"www.{domain}.", "CNAME"),
+        (f"media.{domain}.", "CNAME"),
+    }
+    assert (await query(platform.dns_port, f"proxy.{domain}", "A")) == ("NOERROR", ["127.0.0.1"])
     assert (await query(platform.dns_port, domain, "A")) == ("NOERROR", ["127.0.0.1"])
     assert (await query(platform.dns_port, domain, "CNAME"))[1] == []  # never an apex CNAME
     _, www = await query(platform.dns_port, f"www.{domain}", "CNAME")
@@ -56,8 +61,9 @@ async def test_site_goes_live_changes_and_goes_away(api: httpx.AsyncClient,
     assert media and media[0].endswith(".cdn.sitefleet.test.") and media != www
 
     # PATCH the params: a new deployment, new content served, one live deployment.
-    patched = await api.patch(f"/v1/sites/{site['id']}",
-                              json={"params": landing_params("Rosa's Bakery & Café")})
+    patched = await api.patch(
+        f"/v1/sites/{site['id']}", json={"params": landing_params("Rosa's Bakery & Café")}
+    )
     assert patched.status_code == 200, patched.text
     second_id = patched.json()["latest_deployment_id"]
     assert second_id != first["id"]
@@ -91,6 +97,8 @@ async def test_site_goes_live_changes_and_goes_away(api: httpx.AsyncClient,
         assert (await query(platform.dns_port, name, rdtype))[1] == []
     assert (await api.get("/v1/sites")).json()["items"] == []
     # The domain is free again.
-    again = await api.post("/v1/sites", json={
-        "domain": domain, "template": "landing", "params": landing_params("Again")})
+    again = await api.post(
+        "/v1/sites",
+        json={"domain": domain, "template": "landing", "params": landing_params("Again")},
+    )
     assert again.status_code == 201

@@ -1,0 +1,104 @@
+"""The DNS job handler: decoded job -> one transaction around the domain call -> events.
+
+Outcomes (acks, retries and parking are shared/consumer.py's job):
+    dns.reconcile_requested  -> apply_site; every record verified: ack.
+        some record blocked by a foreign RRset: commit, emit dns.failed
+            (dns_record_conflict), ack: retrying cannot help until someone removes it.
+        not verified yet: commit the ``applied`` rows, then raise DnsNotVerified (retry).
+        Transient provider error: roll back, raise (retry with backoff).
+        any other Sitefleet error: roll back, emit dns.failed, raise (parked).
+    dns.removal_requested    -> remove_site, commit, emit dns.records_removed.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from services.dns.powerdns import PowerDnsClient
+from services.dns.reconcile import DnsNotVerified, apply_site, remove_site
+from services.dns.settings import DnsSettings
+from services.dns.verification import Verifier
+from shared.broker import Publisher
+from shared.db import SessionMaker
+from shared.errors import Permanent, SitefleetError, Transient
+from shared.messages import (
+    DnsFailed,
+    DnsReconcileRequested,
+    DnsRecordsRemoved,
+    DnsRemovalRequested,
+    Envelope,
+    ErrorInfo,
+    Message,
+)
+
+log = logging.getLogger(__name__)
+
+
+class DnsJobHandler:
+    def __init__(
+        self,
+        *,
+        sessionmaker: SessionMaker,
+        client: PowerDnsClient,
+        publisher: Publisher,
+        settings: DnsSettings,
+        verifier: Verifier | None = None,
+    ) -> None:
+        self.sessionmaker = sessionmaker
+        self.client = client
+        self.publisher = publisher
+        self.settings = settings
+        self.verifier = verifier or Verifier.from_settings(settings)
+
+    async def __call__(self, envelope: Envelope, payload: Message) -> None:
+        if isinstance(payload, DnsReconcileRequested):
+            await self.reconcile(payload)
+        elif isinstance(payload, DnsRemovalRequested):
+            await self.remove(payload)
+        else:
+            raise Permanent(f"the dns service does not handle {envelope.type}")
+
+    async def reconcile(self, job: DnsReconcileRequested) -> None:
+        not_verified: DnsNotVerified | None = None
+        try:
+            async with self.sessionmaker.begin() as session:
+                try:
+                    result = await apply_site(
+                        session,
+                        self.client,
+                        tenant_id=job.tenant_id,
+                        site_id=job.site_id,
+                        domain=job.domain,
+                        settings=self.settings,
+                        verifier=self.verifier,
+                    )
+                except DnsNotVerified as exc:
+                    not_verified = exc  # keep the applied rows: leave the block normally
+        except Transient:
+            raise
+        except SitefleetError as exc:
+            await self._emit_failed(job, exc.code, exc.message)
+            raise
+        if not_verified is not None:
+            raise not_verified
+        if result.blocked:
+            reasons = "; ".join(b.reason for b in result.blocked)
+            log.warning("dns records blocked", extra={"site_id": job.site_id, "error": reasons})
+            await self._emit_failed(job, "dns_record_conflict", reasons)
+
+    async def remove(self, job: DnsRemovalRequested) -> None:
+        async with self.sessionmaker.begin() as session:
+            await remove_site(session, self.client, site_id=job.site_id, domain=job.domain)
+        await self.publisher.emit(
+            DnsRecordsRemoved(tenant_id=job.tenant_id, site_id=job.site_id, domain=job.domain)
+        )
+
+    async def _emit_failed(self, job: DnsReconcileRequested, code: str, message: str) -> None:
+        await self.publisher.emit(
+            DnsFailed(
+                tenant_id=job.tenant_id,
+                site_id=job.site_id,
+                domain=job.domain,
+                error=ErrorInfo(code=code, message=message),
+            )
+        )

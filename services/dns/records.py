@@ -1,0 +1,112 @@
+"""The desired DNS records of a site (DESIGN.md §5), in the normalized form we diff and store.
+
+Normalized form: owner names and name-valued contents lower-case with a trailing dot,
+addresses in their canonical text form, contents deduplicated and sorted. Two RRsets that
+serve the same answers compare equal, so a plan computed right after an apply is empty.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Protocol
+
+from shared.domains import domain_slug, normalize_domain
+from shared.errors import Invalid
+
+# Types whose content is a single domain name (compared case-insensitively, dot-terminated).
+NAME_TYPES = frozenset({"ALIAS", "CNAME", "DNAME", "NS", "PTR"})
+ADDRESS_TYPES = frozenset({"A", "AAAA"})
+
+
+@dataclass(frozen=True)
+class RRset:
+    name: str
+    type: str
+    ttl: int
+    contents: tuple[str, ...]
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.name, self.type)
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.type} {' '.join(self.contents)}"
+
+
+class RecordSettings(Protocol):
+    """What the desired records depend on (``DnsSettings`` has it all)."""
+
+    web_host_addresses: list[str]
+    cdn_edge_pattern: str
+    cdn_media_pattern: str
+    dns_ttl: int
+
+
+def fqdn(name: str) -> str:
+    """``Example.COM`` -> ``example.com.``"""
+    return name.strip().lower().rstrip(".") + "."
+
+
+def normalize_content(rtype: str, content: str) -> str:
+    if rtype in NAME_TYPES:
+        return fqdn(content)
+    if rtype in ADDRESS_TYPES:
+        return str(ipaddress.ip_address(content.strip()))
+    return content.strip()
+
+
+def make_rrset(name: str, rtype: str, ttl: int, contents: list[str] | tuple[str, ...]) -> RRset:
+    rtype = rtype.upper()
+    return RRset(
+        name=fqdn(name),
+        type=rtype,
+        ttl=ttl,
+        contents=tuple(sorted({normalize_content(rtype, c) for c in contents})),
+    )
+
+
+def zone_of(domain: str) -> str:
+    """Foundation: each site's domain is its own zone."""
+    return fqdn(normalize_domain(domain))
+
+
+def edge_hostname(domain: str, settings: RecordSettings) -> str:
+    return fqdn(settings.cdn_edge_pattern.format(slug=domain_slug(normalize_domain(domain))))
+
+
+def media_hostname(domain: str, settings: RecordSettings) -> str:
+    return fqdn(settings.cdn_media_pattern.format(slug=domain_slug(normalize_domain(domain))))
+
+
+def desired_rrsets(domain: str, settings: RecordSettings) -> list[RRset]:
+    """The RRsets a site on ``domain`` needs, sorted by (name, type).
+
+    ``proxy.<domain>`` gets one A (and/or AAAA) RRset with every web host address; the apex
+    points at the site's edge through ALIAS (a CNAME at a zone apex is illegal DNS), ``www``
+    at the same edge and ``media`` at the media CDN through CNAMEs.
+    """
+    apex = zone_of(domain)
+    ttl = settings.dns_ttl
+    by_family: dict[str, list[str]] = {"A": [], "AAAA": []}
+    for raw in settings.web_host_addresses:
+        try:
+            address = ipaddress.ip_address(raw.strip())
+        except ValueError:
+            raise Invalid(f"web host address {raw!r} is not an IP address") from None
+        by_family["A" if address.version == 4 else "AAAA"].append(str(address))
+    if not any(by_family.values()):
+        raise Invalid("no web host addresses configured for proxy records")
+
+    edge = edge_hostname(domain, settings)
+    rrsets = [make_rrset("proxy." + apex, t, ttl, a) for t, a in by_family.items() if a]
+    rrsets += [
+        make_rrset(apex, "ALIAS", ttl, [edge]),
+        make_rrset("www." + apex, "CNAME", ttl, [edge]),
+        make_rrset("media." + apex, "CNAME", ttl, [media_hostname(domain, settings)]),
+    ]
+    for target in (edge, media_hostname(domain, settings)):
+        if target == apex or target.endswith("." + apex):
+            # A CDN name inside the site's own zone would point the site at itself.
+            raise Invalid(f"CDN hostname {target} lies inside the site's zone {apex}")
+    return sorted(rrsets, key=lambda r: r.key)

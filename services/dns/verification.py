@@ -1,0 +1,144 @@
+"""Verification: ask the authoritative server directly whether it serves the desired RRsets.
+
+A and AAAA compare address sets, CNAME its target; ALIAS compares the addresses the
+authoritative server answers for the name with the addresses of the ALIAS target (asked of
+``alias_resolver``). TTLs are ignored: a cache between us and a client may lower them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import dns.asyncquery
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdatatype
+
+from services.dns.records import RRset, normalize_content
+from services.dns.settings import DnsSettings
+
+
+@dataclass(frozen=True)
+class Nameserver:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str, default_port: int = 53) -> Nameserver:
+        """``127.0.0.1:5354``, ``[::1]:53`` or a bare host."""
+        if text.startswith("["):
+            host, _, rest = text[1:].partition("]")
+            return cls(host, int(rest[1:]) if rest.startswith(":") else default_port)
+        if text.count(":") == 1:
+            host, port = text.split(":")
+            return cls(host, int(port))
+        return cls(text, default_port)
+
+
+@dataclass(frozen=True)
+class Verifier:
+    """Where and how patiently to check answers."""
+
+    authoritative: Nameserver
+    # Recursive resolver for ALIAS targets (may be the authoritative server in dev/test).
+    alias_resolver: Nameserver
+    attempts: int = 5
+    interval: float = 0.5
+    timeout: float = 2.0
+
+    @classmethod
+    def from_settings(cls, settings: DnsSettings) -> Verifier:
+        authoritative = Nameserver(settings.dns_host, settings.dns_port)
+        return cls(
+            authoritative=authoritative,
+            alias_resolver=(
+                Nameserver.parse(settings.alias_resolver)
+                if settings.alias_resolver
+                else authoritative
+            ),
+            attempts=settings.verify_attempts,
+            interval=settings.verify_interval,
+            timeout=settings.verify_timeout,
+        )
+
+    async def verify(self, rrsets: Iterable[RRset]) -> dict[tuple[str, str], str | None]:
+        """Check every RRset, re-checking the failing ones up to ``attempts`` rounds.
+
+        Returns, per RRset key, None when it is served as desired, else why not (last round).
+        """
+        results: dict[tuple[str, str], str | None] = {}
+        pending = list(rrsets)
+        for attempt in range(max(1, self.attempts)):
+            if attempt:
+                await asyncio.sleep(self.interval)
+            outcomes = await asyncio.gather(*(self.check(r) for r in pending))
+            results.update((r.key, outcome) for r, outcome in zip(pending, outcomes, strict=True))
+            pending = [r for r, outcome in zip(pending, outcomes, strict=True) if outcome]
+            if not pending:
+                break
+        return results
+
+    async def check(self, rrset: RRset) -> str | None:
+        try:
+            if rrset.type == "ALIAS":
+                return await self._check_alias(rrset)
+            served = await self._ask(self.authoritative, rrset.name, rrset.type)
+        except AnswerError as exc:
+            return str(exc)
+        if served != set(rrset.contents):
+            return f"served {sorted(served) or 'nothing'}, want {list(rrset.contents)}"
+        return None
+
+    async def _check_alias(self, rrset: RRset) -> str | None:
+        served = await self._ask(self.authoritative, rrset.name, "A")
+        target = rrset.contents[0]
+        expected = await self._ask(self.alias_resolver, target, "A", recursive=True)
+        if not expected:
+            return f"ALIAS target {target} has no A records"
+        if served != expected:
+            return f"served A {sorted(served) or 'nothing'}, target {target} has {sorted(expected)}"
+        return None
+
+    async def _ask(
+        self, server: Nameserver, name: str, rtype: str, *, recursive: bool = False
+    ) -> set[str]:
+        """The normalized contents of the ``rtype`` records answered for ``name``; when
+        ``recursive``, of any owner, so a resolver's CNAME chain to the addresses counts."""
+        query = dns.message.make_query(name, rtype)
+        if not recursive:
+            query.flags &= ~dns.flags.RD
+        try:
+            response = await dns.asyncquery.udp(
+                query, server.host, port=server.port, timeout=self.timeout
+            )
+            if response.flags & dns.flags.TC:
+                response = await dns.asyncquery.tcp(
+                    query, server.host, port=server.port, timeout=self.timeout
+                )
+        except (dns.exception.DNSException, OSError) as exc:
+            raise AnswerError(
+                f"no answer from {server.host}:{server.port} for {name} {rtype}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        rcode = response.rcode()
+        if rcode == dns.rcode.NXDOMAIN:
+            return set()
+        if rcode != dns.rcode.NOERROR:
+            raise AnswerError(f"{name} {rtype}: {dns.rcode.to_text(rcode)}")
+        wanted = dns.rdatatype.from_text(rtype)
+        owner = dns.name.from_text(name)
+        return {
+            normalize_content(rtype, rdata.to_text())
+            for answer in response.answer
+            if answer.rdtype == wanted and (recursive or answer.name == owner)
+            for rdata in answer
+        }
+
+
+class AnswerError(Exception):
+    """A DNS server gave no usable answer (timeout, refused, SERVFAIL...)."""
