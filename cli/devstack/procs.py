@@ -39,13 +39,16 @@ def start(
 ) -> subprocess.Popen[bytes]:
     """Start a process in its own process group, output appended to ``log``."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    full_env = {**os.environ, **(env or {})}
+    # Let our own processes cache bytecode: recompiling every import costs seconds per start.
+    full_env.pop("PYTHONDONTWRITEBYTECODE", None)
     with log.open("ab") as out:
         return subprocess.Popen(
             argv,
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})},
+            env=full_env,
             cwd=cwd,
             start_new_session=True,
         )
