@@ -28,7 +28,7 @@ from shared.db import create_engine, create_sessionmaker
 from shared.migrate import upgrade
 from shared.settings import PROJECT_ROOT
 
-console = Console()
+console = Console(soft_wrap=True, highlight=False)
 SERVICES = ("api", "deployer", "dns", "notifier")
 DEMO_TENANT = "demo"
 DEMO_DOMAIN = "demo.sitefleet.test"
@@ -50,6 +50,8 @@ class DevSettings(BaseSettings):
 
 def _port_free(port: int) -> bool:
     with socket.socket() as sock:
+        # Like the servers themselves: connections in TIME_WAIT do not make a port busy.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
