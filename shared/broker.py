@@ -18,13 +18,16 @@ Every work queue ``Q`` is a quorum queue with:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractRobustConnection
 
+from shared.errors import Unavailable
 from shared.messages import Envelope, Message
 
 log = logging.getLogger(__name__)
@@ -116,7 +119,8 @@ async def declare_queue(
 
 
 async def connect(url: str, *, name: str, retry_every: float = 1.0) -> AbstractRobustConnection:
-    """Connect, waiting for the broker if it is down; later drops reconnect by themselves."""
+    """A robust connection, waiting for the broker if it is down (for tools and tests;
+    services use ``stay_connected``)."""
     while True:
         try:
             return await aio_pika.connect_robust(url, client_properties={"connection_name": name})
@@ -125,27 +129,90 @@ async def connect(url: str, *, name: str, retry_every: float = 1.0) -> AbstractR
             await asyncio.sleep(retry_every)
 
 
+async def stay_connected(
+    url: str,
+    *,
+    name: str,
+    on_connect: Callable[[AbstractConnection], Awaitable[None]],
+    on_disconnect: Callable[[], None] | None = None,
+    retry_every: float = 1.0,
+) -> None:
+    """Keep one connection up for a service, forever (cancel the task to stop).
+
+    Connect, let ``on_connect`` declare topology, attach publishers and start consumers,
+    wait until the connection drops, let ``on_disconnect`` detach, and start over. Building
+    everything afresh on each connection is easier to reason about than restoring channels
+    and consumers in place, and unacked deliveries of the lost connection are redelivered
+    by the broker anyway.
+    """
+    while True:
+        connection: AbstractConnection | None = None
+        try:
+            connection = await aio_pika.connect(url, client_properties={"connection_name": name})
+            lost = asyncio.Event()
+            connection.close_callbacks.add(lambda *_, lost=lost: lost.set())
+            await on_connect(connection)
+            log.info("broker connected", extra={"connection": name})
+            await lost.wait()
+            log.warning("broker connection lost, reconnecting", extra={"connection": name})
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("broker unreachable, retrying", extra={"error": repr(exc)})
+        finally:
+            if on_disconnect is not None:
+                on_disconnect()
+            if connection is not None:
+                with contextlib.suppress(Exception):
+                    await connection.close()
+        await asyncio.sleep(retry_every)
+
+
 class Publisher:
     """Persistent, confirmed, mandatory publishing: returns only once the broker has it.
 
-    Raises on a nack, on an unroutable message (``on_return_raises``) and when the
-    connection is down; callers decide whether to retry.
+    Long-lived: it is attached to a channel of each new connection and detached when the
+    connection drops. Raises ``Unavailable`` while detached, and the broker's errors on a
+    nack or an unroutable message (``on_return_raises``); callers decide whether to retry.
     """
 
-    def __init__(self, channel: AbstractChannel) -> None:
-        self.channel = channel
+    def __init__(self) -> None:
+        self.channel: AbstractChannel | None = None
         self._exchanges: dict[str, aio_pika.abc.AbstractExchange] = {}
 
     @classmethod
-    async def open(cls, connection: AbstractRobustConnection) -> Publisher:
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        return cls(channel)
+    async def open(cls, connection: AbstractConnection) -> Publisher:
+        publisher = cls()
+        await publisher.attach(connection)
+        return publisher
+
+    async def attach(self, connection: AbstractConnection) -> None:
+        self._exchanges = {}
+        self.channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+
+    def detach(self) -> None:
+        self.channel = None
+
+    @property
+    def attached(self) -> bool:
+        return self.channel is not None and not self.channel.is_closed
+
+    def _channel(self) -> AbstractChannel:
+        if self.channel is None or self.channel.is_closed:
+            raise Unavailable("not connected to the broker", code="broker_unavailable")
+        return self.channel
+
+    async def close(self) -> None:
+        channel, self.channel = self.channel, None
+        if channel is not None and not channel.is_closed:
+            await channel.close()
 
     async def _exchange(self, name: str) -> aio_pika.abc.AbstractExchange:
+        channel = self._channel()
         if name == "":
-            return self.channel.default_exchange
+            return channel.default_exchange
         if name not in self._exchanges:
-            self._exchanges[name] = await self.channel.get_exchange(name)
+            self._exchanges[name] = await channel.get_exchange(name)
         return self._exchanges[name]
 
     async def publish_raw(

@@ -12,6 +12,7 @@ If the copy cannot be published (broker gone) nothing is acked, so the broker re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -68,7 +69,8 @@ class Consumer:
         """Take no new messages, then give the ones in hand ``grace`` seconds to finish
         (whatever is still unacked after that is redelivered by the broker)."""
         if self._queue is not None and self._tag is not None:
-            await self._queue.cancel(self._tag)
+            with contextlib.suppress(Exception):  # the connection may already be gone
+                await self._queue.cancel(self._tag)
             self._tag = None
         try:
             async with asyncio.timeout(grace):

@@ -45,10 +45,10 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await link.close()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await link.close()
             await engine.dispose()
 
     app = FastAPI(

@@ -1,12 +1,10 @@
 """The API's connection to RabbitMQ: feeds the outbox relay a publisher and runs the
-consumer that records other services' events. The API serves requests without it."""
+consumer that records other services' events. The API serves requests without it; the
+relay simply waits while it is down."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
-
-from aio_pika.abc import AbstractRobustConnection
+from aio_pika.abc import AbstractConnection
 
 from services.api.events import EventRecorder
 from services.api.outbox import Relay
@@ -14,45 +12,42 @@ from services.api.settings import ApiSettings
 from shared import broker
 from shared.consumer import Consumer
 
-log = logging.getLogger(__name__)
-
 
 class BrokerLink:
     def __init__(self, settings: ApiSettings, relay: Relay, recorder: EventRecorder) -> None:
         self.settings = settings
         self.relay = relay
-        self.recorder = recorder
-        self.connection: AbstractRobustConnection | None = None
+        self.publisher = broker.Publisher()
+        self.consumer = Consumer(
+            broker.API_EVENTS, recorder, self.publisher, settings.retry_delays, emit_parked=False
+        )
 
     @property
     def ready(self) -> bool:
-        return self.connection is not None and self.connection.connected.is_set()
+        return self.publisher.attached
 
     async def run(self) -> None:
+        await broker.stay_connected(
+            self.settings.amqp_url,
+            name="api",
+            on_connect=self._on_connect,
+            on_disconnect=self._on_disconnect,
+        )
+
+    async def _on_connect(self, connection: AbstractConnection) -> None:
         s = self.settings
-        while True:
-            try:
-                self.connection = await broker.connect(s.amqp_url, name="api")
-                topology = await self.connection.channel()
-                await broker.declare_topology(topology, s.retry_delays, s.delivery_limit)
-                await topology.close()
-                publisher = await broker.Publisher.open(self.connection)
-                consumer = Consumer(
-                    broker.API_EVENTS, self.recorder, publisher, s.retry_delays, emit_parked=False
-                )
-                await consumer.start(await self.connection.channel(), s.prefetch)
-                self.relay.publisher = publisher
-                self.relay.wake()
-                log.info("broker link up")
-                return  # the robust connection restores channels and consumers by itself
-            except Exception as exc:
-                log.warning("broker link setup failed, retrying", extra={"error": repr(exc)})
-                if self.connection is not None:
-                    await self.connection.close()
-                    self.connection = None
-                await asyncio.sleep(1.0)
+        topology = await connection.channel()
+        await broker.declare_topology(topology, s.retry_delays, s.delivery_limit)
+        await topology.close()
+        await self.publisher.attach(connection)
+        await self.consumer.start(await connection.channel(), s.prefetch)
+        self.relay.publisher = self.publisher
+        self.relay.wake()
+
+    def _on_disconnect(self) -> None:
+        self.relay.publisher = None
+        self.publisher.detach()
 
     async def close(self) -> None:
-        self.relay.publisher = None
-        if self.connection is not None:
-            await self.connection.close()
+        await self.consumer.stop(grace=5)
+        self._on_disconnect()

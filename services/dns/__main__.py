@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
-from collections.abc import Awaitable
-from typing import TypeVar
 
 import httpx
 
@@ -23,10 +20,9 @@ from shared.consumer import Consumer
 from shared.db import create_engine, create_sessionmaker
 from shared.errors import Transient
 from shared.logs import configure_logging
+from shared.service import consume_until, stop_event
 
 log = logging.getLogger("services.dns")
-
-T = TypeVar("T")
 
 # Seconds a running job may take to finish after SIGTERM before we disconnect anyway.
 DRAIN_TIMEOUT = 30.0
@@ -47,37 +43,17 @@ async def _ensure_cdn_zone(
             pass
 
 
-async def _until_stopped(work: Awaitable[T], stop: asyncio.Event) -> T | None:
-    """``work``'s result, or None if a stop signal comes first (e.g. broker still down)."""
-    task = asyncio.ensure_future(work)
-    stopped = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    stopped.cancel()
-    if not task.done():
-        task.cancel()
-        return None
-    return task.result()
-
-
 async def main() -> None:
     settings = DnsSettings()
     configure_logging("dns", settings.log_level)
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-
+    stop = stop_event()
     engine = create_engine(settings.database_url, application_name="sitefleet-dns", pool_size=2)
     try:
-        connection = await _until_stopped(broker.connect(settings.amqp_url, name="dns"), stop)
-        if connection is None:
-            return
-        async with connection, httpx.AsyncClient() as http:
-            channel = await connection.channel()
-            await broker.declare_topology(channel, settings.retry_delays, settings.delivery_limit)
-            publisher = await broker.Publisher.open(connection)
+        async with httpx.AsyncClient() as http:
             client = PowerDnsClient.from_settings(http, settings)
             if settings.local_cdn_zone:
                 await _ensure_cdn_zone(client, settings, stop)
+            publisher = broker.Publisher()
             handler = DnsJobHandler(
                 sessionmaker=create_sessionmaker(engine),
                 client=client,
@@ -85,12 +61,11 @@ async def main() -> None:
                 settings=settings,
             )
             consumer = Consumer(broker.DNS_JOBS, handler, publisher, settings.retry_delays)
-            # prefetch 1: one job at a time, so one writer to PowerDNS.
-            await consumer.start(await connection.channel(), prefetch=1)
             log.info("dns service consuming", extra={"queue": broker.DNS_JOBS.name})
-            await stop.wait()
-            log.info("stopping: waiting for the running job")
-            await consumer.stop(DRAIN_TIMEOUT)
+            # prefetch 1: one job at a time, so one writer to PowerDNS.
+            await consume_until(
+                stop, settings, name="dns", consumer=consumer, prefetch=1, grace=DRAIN_TIMEOUT
+            )
     finally:
         await engine.dispose()
 

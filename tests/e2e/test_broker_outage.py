@@ -1,5 +1,6 @@
-"""With RabbitMQ unreachable from the API, writes still succeed and nothing is lost: the
-outbox relay delivers once the broker is back. The machine's broker is never stopped; a
+"""With RabbitMQ unreachable from the API (and the deployer), writes still succeed and
+nothing is lost: the outbox relay delivers once the broker is back, and the services
+reconnect by themselves. The machine's broker is never stopped; a
 TCP proxy between the API and RabbitMQ is cut instead."""
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ async def test_api_keeps_answering_and_loses_nothing_while_broker_is_down(
 ) -> None:
     proxy = TcpProxy(5672)
     await proxy.start()
-    # The platform's own vhost, reached by the API through the proxy only.
-    platform = await platforms.start("outage", services=("deployer",))
+    # The platform's own vhost, reached by the API and the deployer through the proxy only.
+    platform = await platforms.start("outage", services=())
     vhost = platform.amqp_url.rsplit("/", 1)[1]
-    platform.start_service(
-        "api", {"SITEFLEET_AMQP_URL": f"amqp://guest:guest@127.0.0.1:{proxy.port}/{vhost}"}
-    )
-    await platforms._wait_api(platform)
+    proxied = {"SITEFLEET_AMQP_URL": f"amqp://guest:guest@127.0.0.1:{proxy.port}/{vhost}"}
+    platform.start_service("deployer", proxied)
+    platform.start_service("api", proxied)
+    await platforms.wait_api(platform)
     token = await platform.new_tenant()
     async with platform.client(token) as api:
         await wait_until(lambda: _ready(api), what="API connected to the broker")

@@ -154,17 +154,7 @@ async def get_dns(site_id: str, principal: PrincipalDep, session: SessionDep) ->
     )
     return DnsRead(
         zone=f"{site.domain}.",
-        records=[
-            DnsRecordRead(
-                name=r.name,
-                type=r.type,
-                content=r.content,
-                ttl=r.ttl,
-                status=r.status,
-                error=r.error,
-            )  # type: ignore[arg-type]
-            for r in rows
-        ],
+        records=[DnsRecordRead.model_validate(r, from_attributes=True) for r in rows],
     )
 
 

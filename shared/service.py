@@ -1,0 +1,53 @@
+"""The life of a consuming service: stay connected to the broker, consume one queue, and on
+SIGTERM/SIGINT stop taking work, let the work in hand finish, then disconnect."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+from aio_pika.abc import AbstractConnection
+
+from shared import broker
+from shared.consumer import Consumer
+from shared.settings import CommonSettings
+
+
+def stop_event() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def consume_until(
+    stop: asyncio.Event,
+    settings: CommonSettings,
+    *,
+    name: str,
+    consumer: Consumer,
+    prefetch: int,
+    grace: float,
+) -> None:
+    publisher = consumer.publisher
+
+    async def on_connect(connection: AbstractConnection) -> None:
+        topology = await connection.channel()
+        await broker.declare_topology(topology, settings.retry_delays, settings.delivery_limit)
+        await topology.close()
+        await publisher.attach(connection)
+        await consumer.start(await connection.channel(), prefetch)
+
+    link = asyncio.create_task(
+        broker.stay_connected(
+            settings.amqp_url, name=name, on_connect=on_connect, on_disconnect=publisher.detach
+        )
+    )
+    await stop.wait()
+    await consumer.stop(grace)
+    link.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await link
