@@ -112,6 +112,12 @@ class Phase(BaseModel):
     status: Literal["running", "succeeded", "failed"]
 
 
+class LogLine(BaseModel):
+    at: datetime = Field(default_factory=utcnow)
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    message: str
+
+
 class DeploymentStats(BaseModel):
     files: int = 0
     bytes: int = 0
@@ -134,6 +140,9 @@ class DeploymentReport(Message):
     phases: list[Phase] = Field(default_factory=list)
     stats: DeploymentStats | None = None
     error: ErrorInfo | None = None
+    # Lines to append to the deployment's log (e.g. build step output); phases and the
+    # outcome are logged by the API from the report itself.
+    log: list[LogLine] = Field(default_factory=list)
 
 
 class DeploymentProgressed(DeploymentReport):

@@ -105,6 +105,21 @@ class Deployment(Base):
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     phases: Mapped[list[Any]] = mapped_column(JSONB, default=list)
     stats: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    # Set once the release was served; what `rollback` may return to.
+    went_live_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class DeploymentLogLine(Base):
+    """Writer: api (from the deployer's reports). The log of one deployment, in order."""
+
+    __tablename__ = "deployment_logs"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    deployment_id: Mapped[str] = mapped_column(
+        ForeignKey("deployments.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    level: Mapped[str] = mapped_column(String(8))
+    message: Mapped[str] = mapped_column(Text)
 
 
 class OutboxMessage(Base):

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 from fastapi import FastAPI
 from prometheus_client import make_asgi_app
 
 from services.api.broker_link import BrokerLink
 from services.api.correlation import CorrelationId
+from services.api.deployments import reap_stuck
 from services.api.deps import AppState
 from services.api.endpoints import deployments, health, identity, sites, templates
 from services.api.errors import install_error_handlers
@@ -19,8 +22,25 @@ from services.api.limits import BodyLimit
 from services.api.outbox import Relay
 from services.api.settings import ApiSettings
 from services.api.template_registry import register_catalog
-from shared.db import create_engine, create_sessionmaker
+from shared.db import SessionMaker, create_engine, create_sessionmaker
 from shared.template_packs import TemplateCatalog
+
+log = logging.getLogger(__name__)
+
+
+async def reap_forever(sessionmaker: SessionMaker, settings: ApiSettings, relay: Relay) -> None:
+    """Fail (and announce) deployments that never reported an outcome."""
+    limit = timedelta(seconds=settings.deployment_timeout)
+    while True:
+        await asyncio.sleep(settings.reaper_interval)
+        try:
+            async with sessionmaker.begin() as session:
+                reaped = await reap_stuck(session, limit)
+            if reaped:
+                log.warning("reaped stuck deployments", extra={"count": reaped})
+                relay.wake()
+        except Exception as exc:  # database down: try again next round
+            log.warning("reaper pass failed", extra={"error": repr(exc)})
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
@@ -41,7 +61,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         )
         link = BrokerLink(settings, relay, EventRecorder(sessionmaker))
         app.state.sitefleet = AppState(settings, sessionmaker, catalog, relay, link)
-        tasks = [asyncio.create_task(relay.run()), asyncio.create_task(link.run())]
+        tasks = [
+            asyncio.create_task(relay.run()),
+            asyncio.create_task(link.run()),
+            asyncio.create_task(reap_forever(sessionmaker, settings, relay)),
+        ]
         try:
             yield
         finally:

@@ -126,6 +126,20 @@ class DeploymentCreate(Strict):
     reason: str | None = Field(default=None, max_length=500)
 
 
+class RollbackCreate(Strict):
+    deployment_id: str | None = Field(default=None, max_length=64)
+
+
+class LogLineRead(BaseModel):
+    at: datetime
+    level: str
+    message: str
+
+
+class DeploymentLogs(BaseModel):
+    lines: list[LogLineRead]
+
+
 class DeploymentError(BaseModel):
     code: str
     message: str

@@ -16,3 +16,6 @@ class ApiSettings(CommonSettings, WebHostSettings):
     outbox_batch: int = 200
     # How long a publish may wait for the broker's confirm before the relay retries it.
     publish_timeout: float = 10.0
+    # A deployment with no outcome after this long is failed and announced (the reaper).
+    deployment_timeout: float = 1800.0
+    reaper_interval: float = 30.0

@@ -11,6 +11,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.api import outbox
+from services.api.deployments import rollback_target
 from services.api.identity import Principal
 from services.api.schemas import SiteCreate, SiteRead, SiteUpdate, SiteUrls
 from shared.domains import normalize_domain
@@ -127,6 +128,21 @@ async def delete_site(session: AsyncSession, principal: Principal, site_id: str)
         outbox.enqueue(session, SiteRemovalRequested(**ids))
         outbox.enqueue(session, DnsRemovalRequested(**ids))
     return site
+
+
+async def rollback_site(
+    session: AsyncSession, principal: Principal, site_id: str, deployment_id: str | None
+) -> Deployment:
+    """A new generation that re-activates a kept release, without rebuilding."""
+    site = await get_site(session, principal, site_id, for_update=True)
+    _refuse_if_deleting(site)
+    target = await rollback_target(session, site, deployment_id)
+    site.template_version = target.template_version
+    site.params = target.params
+    site.updated_at = utcnow()
+    return await request_deployment(
+        session, site, reason=f"rollback to {target.id}", rollback_to=target.id
+    )
 
 
 async def request_deployment(

@@ -28,6 +28,7 @@ from services.api.schemas import (
     DnsRecordRead,
     ErrorResponse,
     Page,
+    RollbackCreate,
     SiteCreate,
     SiteRead,
     SiteUpdate,
@@ -142,6 +143,33 @@ async def list_deployments(
     )
     items, next_cursor = page_of(list(await session.scalars(query)), limit, lambda d: d.id)
     return Page(items=[deployment_read(d) for d in items], next_cursor=next_cursor)
+
+
+@router.post(
+    "/{site_id}/rollback", status_code=status.HTTP_202_ACCEPTED, response_model=DeploymentRead
+)
+async def rollback(
+    site_id: str,
+    request: Request,
+    principal: PrincipalDep,
+    session: SessionDep,
+    body: RollbackCreate | None = None,
+    idempotency_key: IdempotencyKeyDep = None,
+) -> Any:
+    body = body or RollbackCreate()
+
+    async def work() -> BaseModel:
+        dep = await sites.rollback_site(session, principal, site_id, body.deployment_id)
+        return deployment_read(dep)
+
+    return await run_once(
+        session,
+        tenant_id=principal.tenant_id,
+        key=idempotency_key,
+        fingerprint=request_hash("POST", request.url.path, body),
+        status_code=202,
+        work=work,
+    )
 
 
 @router.get("/{site_id}/dns")
