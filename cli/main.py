@@ -21,10 +21,12 @@ tenant_app = typer.Typer(no_args_is_help=True, help="Tenants (customers of the p
 token_app = typer.Typer(no_args_is_help=True, help="API tokens.")
 db_app = typer.Typer(no_args_is_help=True, help="The database schema.")
 dev_app = typer.Typer(no_args_is_help=True, help="The local development platform.")
+jobs_app = typer.Typer(no_args_is_help=True, help="Parked jobs: list and replay.")
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(token_app, name="token")
 app.add_typer(db_app, name="db")
 app.add_typer(dev_app, name="dev")
+app.add_typer(jobs_app, name="jobs")
 
 T = TypeVar("T")
 
@@ -87,6 +89,45 @@ def token_create(
 def db_upgrade() -> None:
     """Apply every pending schema migration."""
     upgrade(CommonSettings().database_url)
+
+
+@jobs_app.command("parked")
+def jobs_parked(
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+) -> None:
+    """List the jobs that gave up (retries exhausted or a permanent error)."""
+    import dataclasses
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from cli.jobs import list_parked
+
+    parked = asyncio.run(list_parked(CommonSettings().amqp_url))
+    if as_json:
+        for job in parked:
+            typer.echo(json.dumps(dataclasses.asdict(job)))
+        return
+    table = Table(title=f"{len(parked)} parked job(s)")
+    for column in ("id", "queue", "job", "error", "message"):
+        table.add_column(column, overflow="fold")
+    for job in parked:
+        table.add_row(job.message_id, job.queue, job.routing_key, job.error_code, job.error_message)
+    Console(soft_wrap=True).print(table)
+
+
+@jobs_app.command("replay")
+def jobs_replay(message_id: Annotated[str, typer.Argument(help="the parked job's id")]) -> None:
+    """Send a parked job back to its queue (its retries start again)."""
+    from cli.jobs import replay
+
+    try:
+        job = asyncio.run(replay(CommonSettings().amqp_url, message_id))
+    except SitefleetError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"replayed {job.message_id} ({job.routing_key}) from {job.queue}")
 
 
 @dev_app.command("run")
