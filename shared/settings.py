@@ -26,6 +26,9 @@ class CommonSettings(BaseSettings):
     # Quorum-queue redeliveries before a crash-looping message is dead-lettered to *.parked.
     delivery_limit: int = 10
     prefetch: int = 8
+    # Prometheus /metrics of a consuming service (0 = off); the API serves its own.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
     templates_dir: Path = PROJECT_ROOT / "templates"
 
 

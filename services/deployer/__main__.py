@@ -14,6 +14,7 @@ from shared import broker
 from shared.consumer import Consumer
 from shared.db import create_engine
 from shared.logs import configure_logging
+from shared.metrics import serve_metrics
 from shared.service import consume_until, stop_event
 from shared.template_packs import TemplateCatalog
 
@@ -22,6 +23,7 @@ log = logging.getLogger("services.deployer")
 
 async def run(settings: DeployerSettings) -> None:
     stop = stop_event()
+    serve_metrics(settings.metrics_host, settings.metrics_port)
     catalog = TemplateCatalog(settings.templates_dir)
     engine = create_engine(settings.database_url, application_name="sitefleet-deployer")
     publisher = broker.Publisher()

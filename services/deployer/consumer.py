@@ -8,6 +8,7 @@ import logging
 
 from services.deployer.deploy import deploy
 from services.deployer.fence import DatabaseFence
+from services.deployer.metrics import observe_outcome
 from services.deployer.release import HostTransport, check_domain
 from services.deployer.settings import DeployerSettings
 from shared.broker import Publisher
@@ -82,6 +83,7 @@ class DeployerHandler:
                 log.warning("could not publish a progress event", exc_info=True)
             return
         await self._emit(event)
+        observe_outcome(event)
 
     async def _emit(self, event: Message) -> None:
         """Publish an outcome; if the broker does not take it, redo the (idempotent) job

@@ -20,6 +20,7 @@ from shared.consumer import Consumer
 from shared.db import create_engine, create_sessionmaker
 from shared.errors import Transient
 from shared.logs import configure_logging
+from shared.metrics import serve_metrics
 from shared.service import consume_until, stop_event
 
 log = logging.getLogger("services.dns")
@@ -47,6 +48,7 @@ async def main() -> None:
     settings = DnsSettings()
     configure_logging("dns", settings.log_level)
     stop = stop_event()
+    serve_metrics(settings.metrics_host, settings.metrics_port)
     engine = create_engine(settings.database_url, application_name="sitefleet-dns", pool_size=2)
     try:
         async with httpx.AsyncClient() as http:
