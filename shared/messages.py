@@ -186,6 +186,18 @@ class DnsFailed(Message):
     error: ErrorInfo
 
 
+class DnsDrifted(Message):
+    """The sweep found a site's served records differ from what we applied (and healed)."""
+
+    TYPE: ClassVar[str] = "dns.drift"
+
+    tenant_id: str
+    site_id: str
+    domain: str
+    changes: int
+    blocked: int
+
+
 class JobParked(Message):
     """A job gave up (retries exhausted or a permanent error); ``TYPE`` is set per job."""
 
@@ -215,6 +227,7 @@ PAYLOADS: dict[str, type[Message]] = {
         SiteFilesRemoved,
         DnsRecordsRemoved,
         DnsFailed,
+        DnsDrifted,
     )
 }
 

@@ -15,6 +15,7 @@ from services.dns.consumer import DnsJobHandler
 from services.dns.local_cdn import ensure_local_cdn_zone
 from services.dns.powerdns import PowerDnsClient
 from services.dns.settings import DnsSettings
+from services.dns.sweep import sweep_forever
 from shared import broker
 from shared.consumer import Consumer
 from shared.db import create_engine, create_sessionmaker
@@ -63,11 +64,20 @@ async def main() -> None:
                 settings=settings,
             )
             consumer = Consumer(broker.DNS_JOBS, handler, publisher, settings.retry_delays)
+            sweeper = (
+                asyncio.create_task(
+                    sweep_forever(create_sessionmaker(engine), client, publisher, settings)
+                )
+                if settings.drift_interval > 0
+                else None
+            )
             log.info("dns service consuming", extra={"queue": broker.DNS_JOBS.name})
             # prefetch 1: one job at a time, so one writer to PowerDNS.
             await consume_until(
                 stop, settings, name="dns", consumer=consumer, prefetch=1, grace=DRAIN_TIMEOUT
             )
+            if sweeper is not None:
+                sweeper.cancel()
     finally:
         await engine.dispose()
 

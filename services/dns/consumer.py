@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 
+from sqlalchemy import select
+
 from services.dns.powerdns import PowerDnsClient
 from services.dns.reconcile import DnsNotVerified, apply_site, remove_site
 from services.dns.settings import DnsSettings
@@ -30,6 +32,7 @@ from shared.messages import (
     ErrorInfo,
     Message,
 )
+from shared.models import Site as SiteRow
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,9 @@ class DnsJobHandler:
             raise Permanent(f"the dns service does not handle {envelope.type}")
 
     async def reconcile(self, job: DnsReconcileRequested) -> None:
+        if await self._being_deleted(job.site_id):
+            log.info("site is being deleted; not reconciling", extra={"site_id": job.site_id})
+            return
         not_verified: DnsNotVerified | None = None
         try:
             async with self.sessionmaker.begin() as session:
@@ -85,6 +91,13 @@ class DnsJobHandler:
             reasons = "; ".join(b.reason for b in result.blocked)
             log.warning("dns records blocked", extra={"site_id": job.site_id, "error": reasons})
             await self._emit_failed(job, "dns_record_conflict", reasons)
+
+    async def _being_deleted(self, site_id: str) -> bool:
+        """Reads the API's ``sites`` row: a reconcile that arrives after the removal was
+        requested (a late retry, a drift heal) must not bring records back."""
+        async with self.sessionmaker() as session:
+            status = await session.scalar(select(SiteRow.status).where(SiteRow.id == site_id))
+        return status == "deleting"
 
     async def remove(self, job: DnsRemovalRequested) -> None:
         async with self.sessionmaker.begin() as session:

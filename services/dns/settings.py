@@ -35,3 +35,5 @@ class DnsSettings(CommonSettings, WebHostSettings, EdgeSettings):
     verify_interval: float = 0.5
     # Seconds to wait for one DNS answer.
     verify_timeout: float = 2.0
+    # Seconds between drift sweeps (every site's records compared with PowerDNS); 0 = off.
+    drift_interval: float = 300.0
