@@ -22,11 +22,13 @@ token_app = typer.Typer(no_args_is_help=True, help="API tokens.")
 db_app = typer.Typer(no_args_is_help=True, help="The database schema.")
 dev_app = typer.Typer(no_args_is_help=True, help="The local development platform.")
 jobs_app = typer.Typer(no_args_is_help=True, help="Parked jobs: list and replay.")
+dns_app = typer.Typer(no_args_is_help=True, help="DNS records of the sites.")
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(token_app, name="token")
 app.add_typer(db_app, name="db")
 app.add_typer(dev_app, name="dev")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(dns_app, name="dns")
 
 T = TypeVar("T")
 
@@ -128,6 +130,38 @@ def jobs_replay(message_id: Annotated[str, typer.Argument(help="the parked job's
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"replayed {job.message_id} ({job.routing_key}) from {job.queue}")
+
+
+@dns_app.command("plan")
+def dns_plan(domain: Annotated[str, typer.Argument(help="the site's domain")]) -> None:
+    """Print (as JSON) what reconciling the site's DNS would change; changes nothing."""
+    import json
+
+    from cli.dns import plan
+    from services.dns.settings import DnsSettings
+
+    try:
+        result = asyncio.run(plan(DnsSettings(), domain))
+    except SitefleetError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(result, indent=2))
+
+
+@dns_app.command("sync")
+def dns_sync(
+    domain: Annotated[str | None, typer.Argument(help="one site's domain (default: all)")] = None,
+) -> None:
+    """Queue a DNS reconcile (apply + verify) for one site or for every site."""
+    from cli.dns import sync
+    from services.dns.settings import DnsSettings
+
+    try:
+        domains = asyncio.run(sync(DnsSettings(), domain))
+    except SitefleetError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"queued a DNS reconcile for {len(domains)} site(s)")
 
 
 @dev_app.command("run")
