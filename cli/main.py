@@ -164,6 +164,51 @@ def dns_sync(
     typer.echo(f"queued a DNS reconcile for {len(domains)} site(s)")
 
 
+@app.command("status")
+def status(
+    api_url: Annotated[str, typer.Option(help="the API's base URL")] = "http://127.0.0.1:8000",
+    stuck_after: Annotated[float, typer.Option(help="seconds before work counts as stuck")] = 600,
+) -> None:
+    """Services, queues, parked jobs, stuck deployments and unverified DNS on one screen.
+    Exits 1 when something needs attention (for cron and CI)."""
+    from datetime import timedelta
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from cli.status import collect
+
+    found = asyncio.run(collect(CommonSettings(), api_url, timedelta(seconds=stuck_after)))
+    console = Console(soft_wrap=True)
+    console.print(f"API: {found.api}")
+    queues = Table(title="Queues")
+    for column in ("queue", "messages", "consumers"):
+        queues.add_column(column)
+    for q in found.queues:
+        queues.add_row(q.name, str(q.messages), str(q.consumers))
+    console.print(queues)
+    if found.stuck_deployments:
+        stuck = Table(title="Stuck deployments")
+        for column in ("deployment", "status", "created"):
+            stuck.add_column(column)
+        for row in found.stuck_deployments:
+            stuck.add_row(*row)
+        console.print(stuck)
+    if found.unverified_dns:
+        dns = Table(title="DNS records not verified")
+        for column in ("name", "type", "status", "error"):
+            dns.add_column(column, overflow="fold")
+        for record in found.unverified_dns:
+            dns.add_row(*record)
+        console.print(dns)
+    if found.problems:
+        console.print("[bold red]Needs attention:[/]")
+        for problem in found.problems:
+            console.print(f"  - {problem}")
+        raise typer.Exit(1)
+    console.print("[bold green]All good.[/]")
+
+
 @dev_app.command("run")
 def dev_run() -> None:
     """Start the whole platform locally with a demo site (what `make run` does)."""
