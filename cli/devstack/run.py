@@ -99,6 +99,19 @@ def _wait_ready(
     raise TimeoutError("the API did not become ready; see var/log/api.log")
 
 
+def _enable_broker_plugins() -> None:
+    """The management UI is how ops watch the queues; enabling is idempotent. Needs the
+    broker on this machine (and root); elsewhere enable it where the broker runs."""
+    try:
+        subprocess.run(
+            ["rabbitmq-plugins", "enable", "--quiet", "rabbitmq_management",
+             "rabbitmq_consistent_hash_exchange"],
+            check=True, capture_output=True, timeout=60,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        console.print(f"[yellow]could not enable the RabbitMQ management plugin: {exc}[/]")
+
+
 def _demo_site(api: str, token: str) -> dict[str, object]:
     headers = {"Authorization": f"Bearer {token}"}
     sites = httpx.get(f"{api}/v1/sites", headers=headers, params={"limit": 500}).json()
@@ -166,6 +179,7 @@ def run() -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         console.print("[bold]Sitefleet[/] starting…")
+        _enable_broker_plugins()
         asyncio.run(_ensure_database(s.database_url))
         upgrade(s.database_url)
         sites_root = var / "www" / "sites"
@@ -213,6 +227,7 @@ def run() -> int:
              {dig} www.{DEMO_DOMAIN} CNAME
              {dig} media.{DEMO_DOMAIN} CNAME
   try        curl -H 'Authorization: Bearer {token}' {api}/v1/sites
+  RabbitMQ   http://127.0.0.1:15672   (management UI, guest/guest)
   logs       {var}/log/
 
 Press Ctrl-C to stop.""")
