@@ -14,6 +14,8 @@ done
 [ -f /usr/lib/x86_64-linux-gnu/pdns/libgsqlite3backend.so ] || \
   ls /usr/lib/*/pdns/libgsqlite3backend.so >/dev/null 2>&1 || need_apt+=(pdns-backend-sqlite3)
 [ -f /etc/nginx/mime.types ] || need_apt+=(nginx-common)
+# Template build steps run the system's python3 inside bubblewrap (never the project's).
+[ -x /usr/bin/python3 ] || need_apt+=(python3)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

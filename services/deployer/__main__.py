@@ -30,7 +30,7 @@ async def run(settings: DeployerSettings) -> None:
     try:
         handler = DeployerHandler(
             catalog=catalog,
-            host=LocalHost(settings.sites_root),
+            host=LocalHost.from_settings(settings),
             publisher=publisher,
             # A job waits for the site's previous job at most as long as one may run.
             fence=DatabaseFence(engine, lock_timeout=settings.deploy_timeout),

@@ -22,8 +22,10 @@ from pathlib import Path
 
 from services.deployer.fence import Fence, Fenced
 from services.deployer.health import check_release
+from services.deployer.output_check import check_output
 from services.deployer.release import HostTransport, check_domain, check_release_id
 from services.deployer.render import render_site
+from services.deployer.sandbox import BuildSandbox, SandboxLimits, parse_build_steps
 from services.deployer.settings import DeployerSettings
 from shared.errors import Permanent, SitefleetError, Transient
 from shared.messages import (
@@ -193,6 +195,8 @@ async def _prune(host: HostTransport, domain: str, keep: int) -> None:
 async def _build(
     job: DeploymentRequested, pack: TemplatePack, out_dir: Path, settings: DeployerSettings
 ) -> None:
+    """Render, run the pack's build steps (if any), then check what is to be released."""
+    steps = parse_build_steps(pack.build)
     try:
         await asyncio.to_thread(_fresh_dir, out_dir.parent)
         await asyncio.to_thread(
@@ -205,10 +209,40 @@ async def _build(
             max_files=settings.max_release_files,
             max_bytes=settings.max_release_bytes,
         )
+        if steps:
+            await build_sandbox(settings).run_steps(
+                steps, site_dir=out_dir, src_dir=pack.source_dir.resolve()
+            )
+        await asyncio.to_thread(
+            check_output,
+            out_dir,
+            max_files=settings.max_release_files,
+            max_bytes=settings.max_release_bytes,
+        )
     except OSError as exc:
         raise Transient(
             f"writing the build of {job.domain} failed: {exc}", code="build_io_failed"
         ) from exc
+
+
+def build_sandbox(settings: DeployerSettings) -> BuildSandbox:
+    return BuildSandbox(
+        limits=SandboxLimits(
+            timeout=settings.build_timeout,
+            memory_bytes=settings.build_memory_bytes,
+            max_processes=settings.build_max_processes,
+            max_file_bytes=settings.build_max_file_bytes,
+            cpu_seconds=settings.build_cpu_seconds,
+            output_limit=settings.build_output_limit,
+            max_site_files=settings.max_release_files,
+            max_site_bytes=settings.max_release_bytes,
+            watch_interval=settings.build_watch_interval,
+        ),
+        uid_base=settings.build_uid_base,
+        uid_count=settings.build_uid_count,
+        lock_dir=settings.build_uid_lock_dir,
+        bwrap=settings.bwrap_path,
+    )
 
 
 def _fresh_dir(path: Path) -> None:

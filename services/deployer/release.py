@@ -1,11 +1,20 @@
-"""Releases on a web host: uploading them whole, switching ``current`` atomically, rollback
-targets, pruning and removing a site.
+"""Releases on a web host: uploading them as hardlinks into the host's object store,
+switching ``current`` atomically, rollback targets, pruning and removing a site.
 
 Layout under a host's sites root (nginx serves ``<sites_root>/<domain>/current``)::
 
-    <domain>/releases/<release_id>/...     one immutable directory per deployment
+    <domain>/releases/<release_id>/...     one immutable directory per deployment; every
+                                           file a hardlink to an object (0444 / 0555)
     <domain>/releases/.tmp-<release_id>/   an upload in progress (renamed when whole)
     <domain>/current -> releases/<id>      relative symlink, replaced with one rename(2)
+    .objects/                              the object store (``objects.py``), 0700
+
+A release keeps no metadata beside its files (S9: disk ~ unique content): what pruning may
+collect is read from link counts (``ObjectStore.freed_by``).
+
+Nothing outside ``<domain>/current`` is reachable through nginx: its root always ends in
+``/current``, which the store never contains, and the store is not traversable by nginx's
+workers anyway.
 
 ``HostTransport`` is what the deploy pipeline talks to; ``LocalHost`` is the web host on this
 machine (the SSH transport to remote hosts implements the same methods). Every method checks
@@ -21,22 +30,30 @@ import os
 import re
 import secrets
 import shutil
-import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from services.deployer.objects import (
+    DIR_MODE,
+    EXT4_LINK_MAX,
+    CorruptObject,
+    ObjectStore,
+    UnsafeEntry,
+    build_manifest,
+)
+from services.deployer.settings import DeployerSettings
 from shared.domains import normalize_domain
 from shared.errors import Invalid, NotFound, Transient
 from shared.messages import DeploymentStats
 
 # shared.ids.new_id(): a short prefix, then 12 hex digits of clock and 16 random.
 RELEASE_ID = re.compile(r"^[a-z]{1,16}_[0-9a-f]{28}$")
-FILE_MODE = 0o644
-DIR_MODE = 0o755
 CURRENT = "current"
 RELEASES = "releases"
 TMP_PREFIX = ".tmp-"
+# The store's default place: beside the sites (same filesystem), a name no domain can have.
+OBJECTS = ".objects"
 
 
 def check_domain(domain: str) -> str:
@@ -59,8 +76,10 @@ class HostTransport(abc.ABC):
 
     @abc.abstractmethod
     async def upload(self, domain: str, release_id: str, src_dir: Path) -> DeploymentStats:
-        """Make ``releases/<release_id>`` a copy of ``src_dir``; it appears whole or not at
-        all. A release already there is kept as is (``uploaded_*`` are then 0)."""
+        """Make ``releases/<release_id>`` hold the content of ``src_dir`` (files read-only:
+        0444, or 0555 if executable); it appears whole or not at all. Only objects the host
+        lacks are sent: ``files``/``bytes`` count the release, ``uploaded_*`` the objects
+        written. A release already there is kept as is (``uploaded_*`` are then 0)."""
 
     @abc.abstractmethod
     async def activate(self, domain: str, release_id: str) -> None:
@@ -101,12 +120,28 @@ def _host_io(action: str, domain: str) -> Iterator[None]:
 
 class LocalHost(HostTransport):
     """The web host on this machine: plain file operations under ``sites_root``, each run
-    in a worker thread so a large copy never stalls the event loop (and its heartbeats)."""
+    in a worker thread so hashing and linking never stall the event loop (and heartbeats)."""
 
     name = "local"
 
-    def __init__(self, sites_root: Path) -> None:
+    def __init__(
+        self,
+        sites_root: Path,
+        *,
+        objects_root: Path | None = None,
+        max_links: int = EXT4_LINK_MAX,
+    ) -> None:
         self.sites_root = sites_root
+        # Must be on the sites' filesystem (releases hardlink into it).
+        self.store = ObjectStore(objects_root or sites_root / OBJECTS, max_links=max_links)
+
+    @classmethod
+    def from_settings(cls, settings: DeployerSettings) -> LocalHost:
+        return cls(
+            settings.sites_root,
+            objects_root=settings.objects_root,
+            max_links=settings.object_max_links,
+        )
 
     def _site_dir(self, domain: str) -> Path:
         return self.sites_root / check_domain(domain)
@@ -120,21 +155,30 @@ class LocalHost(HostTransport):
             return await asyncio.to_thread(self._upload, final, src_dir)
 
     def _upload(self, final: Path, src_dir: Path) -> DeploymentStats:
-        files, size = _count_tree(src_dir)
-        stats = DeploymentStats(files=files, bytes=size)
+        try:
+            entries = build_manifest(src_dir)
+        except UnsafeEntry as exc:
+            raise Invalid(str(exc), code="invalid_release") from None
+        stats = DeploymentStats(files=len(entries), bytes=sum(e.size for e in entries))
         if final.is_dir():
             return stats
         _make_dirs(final.parent)
         tmp = final.with_name(TMP_PREFIX + final.name)
-        if tmp.exists():  # left by an attempt that died mid-copy
+        if tmp.exists():  # left by an attempt that died mid-upload
             shutil.rmtree(tmp)
-        _copy_tree(src_dir, tmp)
+        tmp.mkdir()
+        os.chmod(tmp, DIR_MODE)
+        # Ask the store what it lacks (linking, and so pinning, all it has), send only that.
+        missing = self.store.materialize(entries, tmp)
+        try:
+            stats.uploaded_files, stats.uploaded_bytes = self.store.fill(missing, src_dir, tmp)
+        except CorruptObject as exc:  # the build dir changed under us: build again
+            raise Transient(str(exc), code="release_changed_during_upload") from None
         # The release's mtime is its upload time: it orders releases for pruning (ids sort by
         # creation only to the millisecond, and an API may mint them differently).
         now = time.time_ns()
         os.utime(tmp, ns=(now, now))
         os.rename(tmp, final)
-        stats.uploaded_files, stats.uploaded_bytes = files, size
         return stats
 
     async def activate(self, domain: str, release_id: str) -> None:
@@ -184,19 +228,44 @@ class LocalHost(HostTransport):
         others = [r for r in _list_releases(releases_dir) if r != current]
         slots = keep - 1 if current is not None else keep
         doomed = others[: max(len(others) - slots, 0)]
-        for release_id in doomed:
-            shutil.rmtree(releases_dir / release_id)
+        trees = [releases_dir / release_id for release_id in doomed]
         # Uploads that died half-way (deploys of one site never overlap, so none is live).
         if releases_dir.is_dir():
-            for entry in releases_dir.iterdir():
-                if entry.name.startswith(TMP_PREFIX) and not entry.is_symlink():
-                    shutil.rmtree(entry)
+            trees += [
+                entry
+                for entry in releases_dir.iterdir()
+                if entry.name.startswith(TMP_PREFIX) and entry.is_dir() and not entry.is_symlink()
+            ]
+        self._delete_trees(trees)
         return doomed
+
+    def _delete_trees(self, trees: list[Path]) -> None:
+        """Delete release trees, then the objects that only they used: an object a kept
+        release (of any site) links has more links than the deleted trees held, and stays."""
+        freed = self.store.freed_by(trees)
+        for tree in trees:
+            shutil.rmtree(tree)
+        self.store.collect(freed)
+
+    async def collect_garbage(self) -> list[str]:
+        """Scan the whole store for objects no release uses (``prune`` only looks at the
+        objects of the releases it deletes); returns the removed object names."""
+        with _host_io("collecting unused objects", "the web host"):
+            return await asyncio.to_thread(self.store.collect)
 
     async def remove_site(self, domain: str) -> None:
         site_dir = self._site_dir(domain)
         with _host_io("removing site", domain):
-            await asyncio.to_thread(_remove_site, site_dir)
+            await asyncio.to_thread(self._remove_site, site_dir)
+
+    def _remove_site(self, site_dir: Path) -> None:
+        # Unlink `current` first: nginx answers 404 from this instant, whatever rmtree meets.
+        (site_dir / CURRENT).unlink(missing_ok=True)
+        if site_dir.is_symlink():
+            site_dir.unlink()
+            return
+        if site_dir.exists():
+            self._delete_trees([site_dir])
 
 
 def _read_current(current: Path) -> str | None:
@@ -218,15 +287,6 @@ def _list_releases(releases_dir: Path) -> list[str]:
     return [name for _, name in sorted(found)]
 
 
-def _remove_site(site_dir: Path) -> None:
-    # Unlink `current` first: nginx answers 404 from this instant, whatever rmtree meets.
-    (site_dir / CURRENT).unlink(missing_ok=True)
-    if site_dir.is_symlink():
-        site_dir.unlink()
-    elif site_dir.exists():
-        shutil.rmtree(site_dir)
-
-
 def _make_dirs(path: Path) -> None:
     """mkdir -p with world-readable modes whatever the umask (nginx runs as nobody)."""
     missing = []
@@ -237,40 +297,3 @@ def _make_dirs(path: Path) -> None:
     for directory in reversed(missing):
         directory.mkdir(exist_ok=True)
         os.chmod(directory, DIR_MODE)
-
-
-def _walk_regular(src_dir: Path) -> Iterator[tuple[Path, os.stat_result]]:
-    """(relative path, lstat) of every entry; a release holds only files and directories."""
-    for dirpath, dirnames, filenames in os.walk(src_dir, followlinks=False):
-        here = Path(dirpath)
-        for name in sorted(dirnames) + sorted(filenames):
-            st = os.lstat(here / name)
-            if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
-                raise Invalid(
-                    f"release entry {(here / name).relative_to(src_dir)} is not a regular "
-                    "file or directory",
-                    code="invalid_release",
-                )
-            yield (here / name).relative_to(src_dir), st
-
-
-def _count_tree(src_dir: Path) -> tuple[int, int]:
-    files = size = 0
-    for _, st in _walk_regular(src_dir):
-        if stat.S_ISREG(st.st_mode):
-            files += 1
-            size += st.st_size
-    return files, size
-
-
-def _copy_tree(src_dir: Path, dest: Path) -> None:
-    dest.mkdir()
-    os.chmod(dest, DIR_MODE)
-    for rel, st in _walk_regular(src_dir):
-        target = dest / rel
-        if stat.S_ISDIR(st.st_mode):
-            target.mkdir()
-            os.chmod(target, DIR_MODE)
-        else:
-            shutil.copyfile(src_dir / rel, target, follow_symlinks=False)
-            os.chmod(target, FILE_MODE)

@@ -19,6 +19,30 @@ class DeployerSettings(CommonSettings, WebHostSettings):
     # Limits on one rendered release (a runaway template must not fill the disk).
     max_release_files: int = 10_000
     max_release_bytes: int = 200 * 1024 * 1024
+    # Template build steps (services/deployer/sandbox.py): wall-clock seconds per step (the
+    # most a manifest may ask for), and the rlimits of a step: address space and largest
+    # file in bytes, processes of its build uid, CPU seconds.
+    build_timeout: float = 60
+    build_memory_bytes: int = 1024 * 1024 * 1024
+    build_max_processes: int = 64
+    build_max_file_bytes: int = 200 * 1024 * 1024
+    build_cpu_seconds: int = 60
+    # Bytes of a step's stdout+stderr kept (the tail; the rest is read and dropped).
+    build_output_limit: int = 64 * 1024
+    # Seconds between checks of a running step's site against the release limits.
+    build_watch_interval: float = 0.5
+    # Each running step gets a uid of its own from [base, base + count), claimed with a lock
+    # file in build_uid_lock_dir (shared by every deployer process on the machine).
+    build_uid_base: int = 200_000
+    build_uid_count: int = 32
+    build_uid_lock_dir: Path = PROJECT_ROOT / "var" / "build-uids"
+    bwrap_path: Path = Path("/usr/bin/bwrap")
     # Seconds a stopping process waits for in-flight jobs before it closes anyway
     # (unacked jobs go back to the queue and another deployer picks them up).
     shutdown_grace: float = 60
+    # The web host's object store; None: <sites_root>/.objects. Must be on the sites'
+    # filesystem (releases are hardlinks into it) and outside what nginx serves.
+    objects_root: Path | None = None
+    # Links per object copy before another copy starts (ext4 refuses the 65,001st link;
+    # EMLINK is handled too, this only lets tests and other filesystems lower the ceiling).
+    object_max_links: int = 65_000

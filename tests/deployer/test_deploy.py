@@ -103,8 +103,11 @@ async def test_a_deployment_goes_live_and_reports_each_phase(
     release_dir = settings.sites_root / domain / "releases" / job.deployment_id
     files = [p for p in release_dir.rglob("*") if p.is_file()]
     assert final.stats is not None
-    assert final.stats.files == final.stats.uploaded_files == len(files) == 5
-    assert final.stats.bytes == final.stats.uploaded_bytes == sum(p.stat().st_size for p in files)
+    assert final.stats.files == len(files) == 5
+    assert final.stats.bytes == sum(p.stat().st_size for p in files)
+    # The object store is shared by the session's sites: assets another test already
+    # uploaded are linked, not sent again (tests/deployer/test_objects.py counts exactly).
+    assert 3 <= final.stats.uploaded_files <= final.stats.files
 
     page = await fetch(domain)
     assert "<h1>Harbour Lane</h1>" in page.text

@@ -1,5 +1,6 @@
 import os
 import stat
+import uuid
 from pathlib import Path
 
 import pytest
@@ -11,14 +12,16 @@ from shared.ids import new_id
 from tests.deployer.conftest import Fetch
 
 
-def make_release(root: Path, release_id: str, title: str) -> Path:
+def make_release(root: Path, release_id: str, title: str, *, script: str = "") -> Path:
+    """Two files; ``app.js`` is the same in every release made with the same ``script``
+    (a fresh one per call by default: the host's object store is shared by all tests)."""
     src = root / release_id
     (src / "assets").mkdir(parents=True)
     (src / "index.html").write_text(
         f'<html><head><meta name="sitefleet-release" content="{release_id}"></head>'
         f"<body><h1>{title}</h1></body></html>"
     )
-    (src / "assets" / "app.js").write_text("console.log('hi')\n")
+    (src / "assets" / "app.js").write_text(script or f"console.log('{uuid.uuid4()}')\n")
     return src
 
 
@@ -38,17 +41,18 @@ async def test_upload_then_activate_serves_the_new_release_through_nginx(
     assert "<h1>First</h1>" in page.text
     assert await host.current_release(domain) == first
 
-    await host.upload(domain, second, make_release(tmp_path, second, "Second"))
+    script = (host.sites_root / domain / "releases" / first / "assets" / "app.js").read_text()
+    await host.upload(domain, second, make_release(tmp_path, second, "Second", script=script))
     await host.activate(domain, second)
     page = await fetch(domain)
     assert "<h1>Second</h1>" in page.text
     assert release_marker(page.text) == second
-    assert (await fetch(f"www.{domain}", "/assets/app.js")).text == "console.log('hi')\n"
+    assert (await fetch(f"www.{domain}", "/assets/app.js")).text == script
     assert os.readlink(host.sites_root / domain / "current") == f"releases/{second}"
     assert await host.releases(domain) == [first, second]
 
 
-async def test_upload_is_idempotent_and_world_readable(
+async def test_upload_is_idempotent_and_world_readable_but_immutable(
     host: LocalHost, domain: str, tmp_path: Path
 ) -> None:
     release = new_id("dep")
@@ -66,8 +70,10 @@ async def test_upload_is_idempotent_and_world_readable(
     assert not stale.exists()
     tree = host.sites_root / domain / "releases" / release
     assert sorted(p.name for p in tree.rglob("*")) == ["app.js", "assets", "index.html"]
+    # Files are hardlinks to the host's immutable objects: readable by nginx, by no one
+    # writable.
     for path in [tree, *tree.rglob("*")]:
-        assert stat.S_IMODE(path.stat().st_mode) == (0o755 if path.is_dir() else 0o644)
+        assert stat.S_IMODE(path.stat().st_mode) == (0o755 if path.is_dir() else 0o444)
 
 
 async def test_activating_a_release_that_is_not_there_fails(host: LocalHost, domain: str) -> None:
