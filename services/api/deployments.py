@@ -126,6 +126,16 @@ async def apply_report(session: AsyncSession, report: DeploymentReport) -> None:
         return
     if report.status == "live":
         dep.went_live_at = report.at
+        current = (
+            await session.get(Deployment, site.live_deployment_id)
+            if site.live_deployment_id
+            else None
+        )
+        if current is not None and current.id != dep.id and current.generation > dep.generation:
+            # Reports of two deployments can arrive out of order. Activations of a site are
+            # serialized and fenced by generation, so the newer one is what is served.
+            dep.status = "superseded"
+            return
         # Exactly one live deployment per site: the one it replaces is superseded.
         await session.execute(
             update(Deployment)
