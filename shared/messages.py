@@ -161,6 +161,15 @@ class DeploymentSuperseded(DeploymentReport):
     TYPE: ClassVar[str] = "deployment.superseded"
 
 
+class DeploymentCancelRequested(Message):
+    """Broadcast to every deployer: stop this deployment if you are running it."""
+
+    TYPE: ClassVar[str] = "deployment.cancel_requested"
+
+    deployment_id: str
+    site_id: str
+
+
 class SiteFilesRemoved(Message):
     TYPE: ClassVar[str] = "site.files_removed"
 
@@ -224,6 +233,7 @@ PAYLOADS: dict[str, type[Message]] = {
         DeploymentSucceeded,
         DeploymentFailed,
         DeploymentSuperseded,
+        DeploymentCancelRequested,
         SiteFilesRemoved,
         DnsRecordsRemoved,
         DnsFailed,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from collections.abc import Awaitable, Callable
 
 from aio_pika.abc import AbstractConnection
 
@@ -31,7 +32,9 @@ async def consume_until(
     consumer: Consumer,
     prefetch: int,
     grace: float,
+    also: Callable[[AbstractConnection], Awaitable[None]] | None = None,
 ) -> None:
+    """``also`` sets up anything else the service needs on each new connection."""
     publisher = consumer.publisher
 
     async def on_connect(connection: AbstractConnection) -> None:
@@ -40,6 +43,8 @@ async def consume_until(
         await topology.close()
         await publisher.attach(connection)
         await consumer.start(await connection.channel(), prefetch)
+        if also is not None:
+            await also(connection)
 
     link = asyncio.create_task(
         broker.stay_connected(

@@ -18,7 +18,14 @@ from services.api.identity import Principal
 from services.api.schemas import DeploymentRead
 from shared.broker import EVENTS_EXCHANGE
 from shared.errors import Conflict, Invalid, NotFound
-from shared.messages import DeploymentFailed, DeploymentReport, ErrorInfo, JobParked, Phase
+from shared.messages import (
+    DeploymentCancelRequested,
+    DeploymentFailed,
+    DeploymentReport,
+    ErrorInfo,
+    JobParked,
+    Phase,
+)
 from shared.models import Deployment, DeploymentLogLine, Site
 from shared.timeutil import utcnow
 
@@ -212,9 +219,10 @@ async def rollback_target(
 
 
 async def cancel_deployment(session: AsyncSession, principal: Principal, dep_id: str) -> Deployment:
-    """Marks an unfinished deployment cancelled. The deployer checks the status before it
-    uploads and again right before it activates, so a cancelled release never goes live
-    (unless activation had already begun: then the live report wins, see apply_report)."""
+    """Marks an unfinished deployment cancelled and tells every deployer, so the one running
+    it stops (killing its build). A deployer also checks the status before it uploads and
+    right before it activates, so a cancelled release never goes live (unless activation had
+    already begun: then the live report wins, see apply_report)."""
     dep = await get_deployment(session, principal, dep_id, for_update=True)
     if dep.status in TERMINAL:
         raise Conflict(
@@ -225,6 +233,11 @@ async def cancel_deployment(session: AsyncSession, principal: Principal, dep_id:
     dep.finished_at = now
     dep.error = {"code": "cancelled", "message": "cancelled by request"}
     _log(session, dep, now, "warning", "deployment cancelled by request")
+    outbox.enqueue(
+        session,
+        DeploymentCancelRequested(deployment_id=dep.id, site_id=dep.site_id),
+        exchange=EVENTS_EXCHANGE,
+    )
     return dep
 
 

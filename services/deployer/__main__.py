@@ -48,6 +48,7 @@ async def run(settings: DeployerSettings) -> None:
             consumer=consumer,
             prefetch=settings.prefetch,
             grace=settings.shutdown_grace,
+            also=handler.listen_for_cancels,
         )
     finally:
         await engine.dispose()

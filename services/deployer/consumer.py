@@ -4,16 +4,20 @@ this handler returns (done) or raises (``Transient``: retry; anything else: park
 
 from __future__ import annotations
 
+import asyncio
 import logging
+
+from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
 from services.deployer.deploy import deploy
 from services.deployer.fence import DatabaseFence
 from services.deployer.metrics import observe_outcome
 from services.deployer.release import HostTransport, check_domain
 from services.deployer.settings import DeployerSettings
-from shared.broker import Publisher
+from shared.broker import EVENTS_EXCHANGE, Publisher
 from shared.errors import Permanent, Unavailable
 from shared.messages import (
+    DeploymentCancelRequested,
     DeploymentProgressed,
     DeploymentReport,
     DeploymentRequested,
@@ -42,6 +46,9 @@ class DeployerHandler:
         self.publisher = publisher
         self.fence = fence
         self.settings = settings
+        # Deployments running in this process, so a cancel request can stop them.
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._cancelled: set[str] = set()
 
     async def __call__(self, envelope: Envelope, message: Message) -> None:
         if isinstance(message, DeploymentRequested):
@@ -56,14 +63,48 @@ class DeployerHandler:
 
     async def deploy(self, job: DeploymentRequested) -> None:
         async with self.fence.site_lock(job.site_id):
-            await deploy(
-                job,
-                catalog=self.catalog,
-                host=self.host,
-                report=self.report,
-                fence=self.fence,
-                settings=self.settings,
+            task = asyncio.create_task(
+                deploy(
+                    job,
+                    catalog=self.catalog,
+                    host=self.host,
+                    report=self.report,
+                    fence=self.fence,
+                    settings=self.settings,
+                )
             )
+            self._running[job.deployment_id] = task
+            try:
+                await task
+            except asyncio.CancelledError:
+                if job.deployment_id not in self._cancelled or not task.cancelled():
+                    raise  # we are shutting down: the broker redelivers the job
+                # Cancelled on request (the API already recorded it): the job is done.
+                log.info("deployment cancelled", extra={"deployment_id": job.deployment_id})
+            finally:
+                self._running.pop(job.deployment_id, None)
+                self._cancelled.discard(job.deployment_id)
+
+    async def on_cancel_request(self, message: AbstractIncomingMessage) -> None:
+        """A broadcast: kill the deployment if this process runs it (its build's process
+        group dies with the task), else ignore it."""
+        async with message.process(ignore_processed=True):
+            try:
+                request = DeploymentCancelRequested.model_validate(
+                    Envelope.model_validate_json(message.body).payload
+                )
+            except ValueError:
+                return
+            task = self._running.get(request.deployment_id)
+            if task is not None and not task.done():
+                self._cancelled.add(request.deployment_id)
+                task.cancel()
+
+    async def listen_for_cancels(self, connection: AbstractConnection) -> None:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        await queue.bind(EVENTS_EXCHANGE, routing_key=DeploymentCancelRequested.TYPE)
+        await queue.consume(self.on_cancel_request)
 
     async def remove_site(self, job: SiteRemovalRequested) -> None:
         domain = check_domain(job.domain)
