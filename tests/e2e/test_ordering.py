@@ -30,12 +30,14 @@ async def test_fifty_concurrent_rebuilds_end_with_the_newest(
     results = await asyncio.gather(*(update(i) for i in range(50)))
     deployment_ids = {r["latest_deployment_id"] for r in results}
     assert len(deployment_ids) == 50  # every request got its own deployment
-    finals = await asyncio.gather(
-        *(
-            wait_deployment(api, d, timeout=120)
-            for d in deployment_ids | {created.json()["latest_deployment_id"]}
-        )
-    )
+    everyone = deployment_ids | {created.json()["latest_deployment_id"]}
+    await asyncio.gather(*(wait_deployment(api, d, timeout=120) for d in everyone))
+    # Read them all again now that every one has finished: a deployment that was live for
+    # a moment is superseded once a newer one goes live.
+    finals = (await api.get(f"/v1/sites/{site_id}/deployments", params={"limit": 100})).json()[
+        "items"
+    ]
+    assert len(finals) == 51
     by_generation = sorted(finals, key=lambda d: d["generation"])
     newest = by_generation[-1]
     assert newest["generation"] == 51
