@@ -60,7 +60,9 @@ class QueueSpec:
 DEPLOYER_JOBS = QueueSpec("deployer.jobs", JOBS_EXCHANGE, ("deployment.*", "site.*"))
 DNS_JOBS = QueueSpec("dns.jobs", JOBS_EXCHANGE, ("dns.*",))
 API_EVENTS = QueueSpec("api.events", EVENTS_EXCHANGE, ("deployment.*", "site.*", "dns.*"))
-NOTIFIER_EVENTS = QueueSpec("notifier.events", EVENTS_EXCHANGE, ("*.failed", "*.parked"))
+NOTIFIER_EVENTS = QueueSpec(
+    "notifier.events", EVENTS_EXCHANGE, ("*.failed", "*.parked", "*.succeeded")
+)
 ALL_QUEUES = (DEPLOYER_JOBS, DNS_JOBS, API_EVENTS, NOTIFIER_EVENTS)
 
 
@@ -73,7 +75,7 @@ def format_delay(seconds: float) -> str:
     return f"{ms}ms"
 
 
-def _dead_letter_to(queue: str) -> dict[str, Any]:
+def dead_letter_to(queue: str) -> dict[str, Any]:
     return {
         "x-dead-letter-exchange": "",
         "x-dead-letter-routing-key": queue,
@@ -102,7 +104,7 @@ async def declare_queue(
     queue = await channel.declare_queue(
         spec.name,
         durable=True,
-        arguments={**quorum, "x-delivery-limit": delivery_limit, **_dead_letter_to(spec.parked)},
+        arguments={**quorum, "x-delivery-limit": delivery_limit, **dead_letter_to(spec.parked)},
     )
     for key in spec.bindings:
         await queue.bind(exchange, routing_key=key)
@@ -113,7 +115,7 @@ async def declare_queue(
             arguments={
                 **quorum,
                 "x-message-ttl": round(delay * 1000),
-                **_dead_letter_to(spec.name),
+                **dead_letter_to(spec.name),
             },
         )
 

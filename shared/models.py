@@ -166,3 +166,105 @@ class DnsRecord(Base):
     status: Mapped[str] = mapped_column(String(16), default="pending")
     error: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = _now()
+
+
+# --- notifications ----------------------------------------------------------------------
+
+
+class NotificationChannel(Base):
+    """Writer: api. A tenant's alert channel. ``secret`` signs webhook bodies (HMAC-SHA256),
+    so it is kept in clear; it is shown to the tenant once, at creation."""
+
+    __tablename__ = "notification_channels"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    type: Mapped[str] = mapped_column(String(16))  # webhook | slack | email
+    target: Mapped[str] = mapped_column(String(2048))
+    events: Mapped[list[Any]] = mapped_column(JSONB)
+    secret: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = _now()
+
+
+class AlertGroup(Base):
+    """Writer: notifier. Occurrences of one failure fingerprint, and the group's timers.
+
+    One open (``resolved_at IS NULL``) group per fingerprint; a recovery closes it and the
+    next failure opens a new one. ``pending_count`` occurrences are not yet in any
+    notification; ``count = notified_count + pending_count`` always holds.
+    """
+
+    __tablename__ = "alert_groups"
+    __table_args__ = (
+        Index(
+            "alert_groups_open_fingerprint",
+            "fingerprint",
+            unique=True,
+            postgresql_where="resolved_at IS NULL",
+        ),
+        Index("alert_groups_due", "next_notify_at", postgresql_where="next_notify_at IS NOT NULL"),
+        Index("alert_groups_open_site", "site_id", postgresql_where="resolved_at IS NULL"),
+    )
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    tenant_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    site_id: Mapped[str | None] = mapped_column(String(64))
+    service: Mapped[str] = mapped_column(String(32))
+    event_type: Mapped[str] = mapped_column(String(64))
+    error_code: Mapped[str] = mapped_column(String(128))
+    summary: Mapped[str] = mapped_column(Text)
+    last_message: Mapped[str] = mapped_column(Text)
+    last_event_id: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default="firing")  # firing | resolved
+    count: Mapped[int] = mapped_column(BigInteger, default=1)
+    pending_count: Mapped[int] = mapped_column(BigInteger, default=1)
+    notified_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    notifications: Mapped[int] = mapped_column(Integer, default=0)
+    first_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_notified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When the scheduler must look at the group next; NULL once nothing more is due.
+    next_notify_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ProcessedEvent(Base):
+    """Writer: notifier. Envelope ids already counted (dedupe of redelivered events)."""
+
+    __tablename__ = "notifier_processed_events"
+    message_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    processed_at: Mapped[datetime] = _now()
+
+
+class NotificationDelivery(Base):
+    """Writer: notifier. The delivery outbox: one row per notification per channel, written
+    in the transaction that advances the group's timers; sent by the delivery loop."""
+
+    __tablename__ = "notification_deliveries"
+    __table_args__ = (
+        Index(
+            "notification_deliveries_due", "next_attempt_at", postgresql_where="status = 'pending'"
+        ),
+    )
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    group_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    # A tenant channel's id, or ``ops:<sha256 of the URL>`` for an ops channel from settings.
+    channel_key: Mapped[str] = mapped_column(String(80), index=True)
+    kind: Mapped[str] = mapped_column(String(24))  # firing | digest | repeat | resolved | ...
+    payload: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|sent|cancelled
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ChannelHealth(Base):
+    """Writer: notifier. Consecutive delivery failures per channel; unhealthy past a limit."""
+
+    __tablename__ = "notification_channel_health"
+    channel_key: Mapped[str] = mapped_column(String(80), primary_key=True)
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    unhealthy_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = _now()

@@ -104,9 +104,16 @@ def _enable_broker_plugins() -> None:
     broker on this machine (and root); elsewhere enable it where the broker runs."""
     try:
         subprocess.run(
-            ["rabbitmq-plugins", "enable", "--quiet", "rabbitmq_management",
-             "rabbitmq_consistent_hash_exchange"],
-            check=True, capture_output=True, timeout=60,
+            [
+                "rabbitmq-plugins",
+                "enable",
+                "--quiet",
+                "rabbitmq_management",
+                "rabbitmq_consistent_hash_exchange",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
         )
     except (OSError, subprocess.SubprocessError) as exc:
         console.print(f"[yellow]could not enable the RabbitMQ management plugin: {exc}[/]")

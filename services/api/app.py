@@ -15,7 +15,7 @@ from services.api.broker_link import BrokerLink
 from services.api.correlation import CorrelationId
 from services.api.deployments import reap_stuck
 from services.api.deps import AppState
-from services.api.endpoints import deployments, health, identity, sites, templates
+from services.api.endpoints import deployments, health, identity, notifications, sites, templates
 from services.api.errors import install_error_handlers
 from services.api.events import EventRecorder
 from services.api.limits import BodyLimit
@@ -84,6 +84,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     install_error_handlers(app)
     for module in (health, identity, templates, sites, deployments):
         app.include_router(module.router)
+    app.include_router(notifications.router)
     app.mount("/metrics", make_asgi_app())
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(CorrelationId)
