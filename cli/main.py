@@ -23,12 +23,14 @@ db_app = typer.Typer(no_args_is_help=True, help="The database schema.")
 dev_app = typer.Typer(no_args_is_help=True, help="The local development platform.")
 jobs_app = typer.Typer(no_args_is_help=True, help="Parked jobs: list and replay.")
 dns_app = typer.Typer(no_args_is_help=True, help="DNS records of the sites.")
+broker_app = typer.Typer(no_args_is_help=True, help="The RabbitMQ topology.")
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(token_app, name="token")
 app.add_typer(db_app, name="db")
 app.add_typer(dev_app, name="dev")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(dns_app, name="dns")
+app.add_typer(broker_app, name="broker")
 
 T = TypeVar("T")
 
@@ -162,6 +164,21 @@ def dns_sync(
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"queued a DNS reconcile for {len(domains)} site(s)")
+
+
+@broker_app.command("definitions")
+def broker_definitions(vhost: Annotated[str, typer.Option(help="the vhost")] = "/") -> None:
+    """Print the topology as RabbitMQ definitions JSON (rabbitmqctl import_definitions)."""
+    import json
+
+    from cli.definitions import topology_definitions
+
+    settings = CommonSettings()
+    typer.echo(
+        json.dumps(
+            topology_definitions(settings.retry_delays, settings.delivery_limit, vhost), indent=2
+        )
+    )
 
 
 @app.command("status")
