@@ -12,7 +12,7 @@ import pytest
 
 from tests.fixtures.isolation import create_database, create_vhost, drop_database, drop_vhost
 
-pytest_plugins = ["tests.fixtures.components", "tests.fixtures.platform"]
+pytest_plugins = ["tests.fixtures.components", "tests.fixtures.platform", "tests.fixtures.sshd"]
 
 
 @pytest.fixture(scope="session")

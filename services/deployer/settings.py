@@ -46,3 +46,19 @@ class DeployerSettings(CommonSettings, WebHostSettings):
     # Links per object copy before another copy starts (ext4 refuses the 65,001st link;
     # EMLINK is handled too, this only lets tests and other filesystems lower the ceiling).
     object_max_links: int = 65_000
+    # Web hosts reached over SSH (services/deployer/transport/ssh.py). Their sites root and
+    # object store (None: <sites root>/.objects), the same layout as the local web host's.
+    ssh_sites_root: str = "/srv/sitefleet/sites"
+    ssh_objects_root: str | None = None
+    # The host's interpreter that runs the stdlib-only host agent.
+    ssh_remote_python: str = "/usr/bin/python3"
+    # Seconds to open and authenticate a connection, and for one operation other than an
+    # upload (an upload is bounded by deploy_timeout).
+    ssh_connect_timeout: float = 10.0
+    ssh_command_timeout: float = 60.0
+    # A silent connection is declared lost after interval * count_max seconds.
+    ssh_keepalive_interval: float = 15.0
+    ssh_keepalive_count_max: int = 3
+    # Operations in flight at once on one host's pooled connection (sshd's MaxSessions,
+    # 10 by default, must allow at least this many).
+    ssh_max_channels: int = 8

@@ -1,0 +1,326 @@
+"""The web host's side of the SSH transport: one run per operation, the same file work as
+``LocalHost`` (release.py) on the host's sites root and object store.
+
+Stdlib only. The host has no Sitefleet checkout: ``SshHost`` runs the host's
+``python3 -I -c BOOTSTRAP`` (a fixed command line) and sends this module and ``objects.py``
+as source on stdin, then the request. Customer data (domains, release ids, paths of a
+manifest) only ever travels in the JSON request, never on a command line.
+
+Wire protocol (stdin -> the agent, stdout -> the deployer)::
+
+    stdin   b"<n>\\n" then n times b"<module name> <bytes>\\n" + source     (BOOTSTRAP reads)
+            frame: request {"op": ..., "sites_root": ..., "objects_root": ..., ...}
+            upload only, after the agent's "missing" frame: the missing objects' bytes,
+            concatenated in the order asked, each exactly its manifest size
+    stdout  frame: {"ok": result} | {"error": {"kind": ..., "message": ...}}
+            upload: first {"missing": [key, ...]} (or the final frame at once if the
+            release is already there or the request is refused), then the final frame
+
+A frame is a 4-byte big-endian length and that many bytes of UTF-8 JSON. Error kinds:
+``not_found`` (no such release), ``invalid`` (a refused argument or manifest line),
+``corrupt`` (bytes that do not hash to their object), ``io`` (an OSError on the host).
+Anything else is a bug: a traceback on stderr and exit status 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import struct
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+from services.deployer.objects import (
+    DIR_MODE,
+    STORE_DIR_MODE,
+    TMP_DIR,
+    CorruptObject,
+    Entry,
+    ObjectStore,
+)
+
+# The agent's copy of release.py's layout (release.py needs pydantic, the host has only the
+# stdlib); tests/deployer/test_ssh_host.py checks that both agree.
+RELEASE_ID = re.compile(r"^[a-z]{1,16}_[0-9a-f]{28}$")
+CURRENT = "current"
+RELEASES = "releases"
+TMP_PREFIX = ".tmp-"
+OBJECTS = ".objects"
+# The deployer sends normalized domains only (shared.domains); the agent checks no more than
+# that a domain is one plain path component that cannot name the store (".objects").
+_DOMAIN = re.compile(r"^[a-z0-9][a-z0-9.-]{0,252}$")
+
+# Run by the host's python3 with ``-I -c``: loads the modules sent on stdin under their
+# package names (so ``from services.deployer.objects import ...`` above works), then main().
+BOOTSTRAP = """\
+import sys, types
+r = sys.stdin.buffer
+for p in ("services", "services.deployer", "services.deployer.transport"):
+    m = types.ModuleType(p); m.__path__ = []; sys.modules[p] = m
+for _ in range(int(r.readline())):
+    n, k = r.readline().split()
+    m = types.ModuleType(n.decode()); sys.modules[m.__name__] = m
+    exec(compile(r.read(int(k)), m.__name__, "exec"), m.__dict__)
+sys.modules["services.deployer.transport.host_agent"].main()
+"""
+
+FRAME = struct.Struct("!I")
+_CHUNK = 1024 * 1024
+
+
+class ReleaseMissing(Exception):
+    """The release to activate is not on the host."""
+
+
+def encode_frame(value: object) -> bytes:
+    data = json.dumps(value, separators=(",", ":")).encode()
+    return FRAME.pack(len(data)) + data
+
+
+def read_frame(stream: IO[bytes]) -> Any:
+    (size,) = FRAME.unpack(_read_exact(stream, FRAME.size))
+    return json.loads(_read_exact(stream, size))
+
+
+def write_frame(stream: IO[bytes], value: object) -> None:
+    stream.write(encode_frame(value))
+    stream.flush()
+
+
+def main() -> None:
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    request = read_frame(stdin)
+    try:
+        result = serve(request, stdin, stdout)
+    except ReleaseMissing as exc:
+        reply: dict[str, Any] = {"error": {"kind": "not_found", "message": str(exc)}}
+    except CorruptObject as exc:
+        reply = {"error": {"kind": "corrupt", "message": str(exc)}}
+    except OSError as exc:
+        reply = {"error": {"kind": "io", "message": str(exc)}}
+    except ValueError as exc:
+        reply = {"error": {"kind": "invalid", "message": str(exc)}}
+    else:
+        reply = {"ok": result}
+    write_frame(stdout, reply)
+
+
+def serve(request: dict[str, Any], stdin: IO[bytes], stdout: IO[bytes]) -> Any:
+    """Run one request; the upload also talks on the streams between request and reply."""
+    objects_root = request.get("objects_root")
+    sites = SiteFiles(
+        Path(request["sites_root"]),
+        objects_root=Path(objects_root) if objects_root else None,
+        max_links=int(request["max_links"]),
+    )
+    op = request["op"]
+    if op == "upload":
+        return sites.upload(
+            request["domain"], request["release_id"], request["manifest"], stdin, stdout
+        )
+    handlers: dict[str, Callable[[], Any]] = {
+        "activate": lambda: sites.activate(request["domain"], request["release_id"]),
+        "deactivate": lambda: sites.deactivate(request["domain"]),
+        "current_release": lambda: sites.current_release(request["domain"]),
+        "releases": lambda: sites.releases(request["domain"]),
+        "prune": lambda: sites.prune(request["domain"], int(request["keep"])),
+        "remove_site": lambda: sites.remove_site(request["domain"]),
+        "collect_garbage": sites.collect_garbage,
+    }
+    if op not in handlers:
+        raise ValueError(f"unknown operation {op!r}")
+    return handlers[op]()
+
+
+class SiteFiles:
+    """The sites root and object store of this host (``LocalHost``'s layout and steps)."""
+
+    def __init__(self, sites_root: Path, *, objects_root: Path | None, max_links: int) -> None:
+        if not sites_root.is_absolute():
+            raise ValueError(f"sites root {sites_root} is not an absolute path")
+        self.sites_root = sites_root
+        self.store = ObjectStore(objects_root or sites_root / OBJECTS, max_links=max_links)
+
+    def _site_dir(self, domain: str) -> Path:
+        if not _DOMAIN.match(domain):
+            raise ValueError(f"domain {domain!r} is not a plain host name")
+        return self.sites_root / domain
+
+    def _release_dir(self, domain: str, release_id: str) -> Path:
+        if not RELEASE_ID.match(release_id):
+            raise ValueError(f"release id {release_id!r} is malformed")
+        return self._site_dir(domain) / RELEASES / release_id
+
+    def upload(
+        self,
+        domain: str,
+        release_id: str,
+        manifest: list[list[Any]],
+        stdin: IO[bytes],
+        stdout: IO[bytes],
+    ) -> dict[str, int]:
+        final = self._release_dir(domain, release_id)
+        entries = [Entry(str(p), str(h), int(m), int(s)) for p, h, m, s in manifest]
+        if final.is_dir():
+            return {"stored": 0}
+        _make_dirs(final.parent)
+        tmp = final.with_name(TMP_PREFIX + final.name)
+        if tmp.exists():  # left by an attempt that died mid-upload
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        os.chmod(tmp, DIR_MODE)
+        # Linking what the store has pins it (see ObjectStore.materialize); ask for the rest.
+        missing = self.store.materialize(entries, tmp)
+        by_key: dict[str, list[Entry]] = {}
+        for entry in missing:
+            by_key.setdefault(entry.key, []).append(entry)
+        write_frame(stdout, {"missing": list(by_key)})
+        stored = self._receive(by_key, stdin, tmp) if by_key else 0
+        now = time.time_ns()  # the upload time orders releases for pruning, as in LocalHost
+        os.utime(tmp, ns=(now, now))
+        os.rename(tmp, final)
+        return {"stored": stored}
+
+    def _receive(self, by_key: dict[str, list[Entry]], stdin: IO[bytes], dest: Path) -> int:
+        """Store each object from the stream (verified by ``ObjectStore.add``) and link it at
+        every path that uses it. The whole stream is read even after a bad object, so the
+        deployer always gets to read the reply."""
+        staging = self.store.root / TMP_DIR
+        for directory in (self.store.root, staging):
+            directory.mkdir(mode=STORE_DIR_MODE, parents=True, exist_ok=True)
+        failure: CorruptObject | None = None
+        stored = 0
+        for key, entries in by_key.items():
+            staged = staging / f"recv-{key}.{secrets.token_hex(8)}"
+            try:
+                with open(staged, "xb") as out:
+                    _copy_exact(stdin, out, entries[0].size)
+                if failure is None:
+                    self.store.add(key, staged, dest / entries[0].path)
+                    stored += 1
+                    for entry in entries[1:]:
+                        if not self.store.link(key, dest / entry.path):  # collected meanwhile
+                            self.store.add(key, staged, dest / entry.path)
+            except CorruptObject as exc:
+                failure = exc
+            finally:
+                staged.unlink(missing_ok=True)
+        if failure is not None:
+            raise failure
+        return stored
+
+    def activate(self, domain: str, release_id: str) -> None:
+        release = self._release_dir(domain, release_id)
+        if not release.is_dir() or release.is_symlink():
+            raise ReleaseMissing(f"release {release_id} is not on the web host")
+        site_dir = release.parent.parent
+        tmp = site_dir / f"{CURRENT}.tmp-{secrets.token_hex(6)}"
+        os.symlink(f"{RELEASES}/{release_id}", tmp)
+        try:
+            os.rename(tmp, site_dir / CURRENT)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def deactivate(self, domain: str) -> None:
+        (self._site_dir(domain) / CURRENT).unlink(missing_ok=True)
+
+    def current_release(self, domain: str) -> str | None:
+        return _read_current(self._site_dir(domain) / CURRENT)
+
+    def releases(self, domain: str) -> list[str]:
+        return _list_releases(self._site_dir(domain) / RELEASES)
+
+    def prune(self, domain: str, keep: int) -> list[str]:
+        if keep < 1:
+            raise ValueError("keep must be at least 1")
+        site_dir = self._site_dir(domain)
+        releases_dir = site_dir / RELEASES
+        current = _read_current(site_dir / CURRENT)
+        others = [r for r in _list_releases(releases_dir) if r != current]
+        slots = keep - 1 if current is not None else keep
+        doomed = others[: max(len(others) - slots, 0)]
+        trees = [releases_dir / release_id for release_id in doomed]
+        if releases_dir.is_dir():  # uploads that died half-way (none is live, see LocalHost)
+            trees += [
+                entry
+                for entry in releases_dir.iterdir()
+                if entry.name.startswith(TMP_PREFIX) and entry.is_dir() and not entry.is_symlink()
+            ]
+        self._delete_trees(trees)
+        return doomed
+
+    def remove_site(self, domain: str) -> None:
+        site_dir = self._site_dir(domain)
+        # `current` first: nginx answers 404 from this instant, whatever rmtree meets.
+        (site_dir / CURRENT).unlink(missing_ok=True)
+        if site_dir.is_symlink():
+            site_dir.unlink()
+        elif site_dir.exists():
+            self._delete_trees([site_dir])
+
+    def collect_garbage(self) -> list[str]:
+        return self.store.collect()
+
+    def _delete_trees(self, trees: list[Path]) -> None:
+        freed = self.store.freed_by(trees)
+        for tree in trees:
+            shutil.rmtree(tree)
+        self.store.collect(freed)
+
+
+def _read_current(current: Path) -> str | None:
+    try:
+        target = os.readlink(current)
+    except FileNotFoundError:
+        return None
+    release_id = Path(target).name
+    return release_id if RELEASE_ID.match(release_id) else None
+
+
+def _list_releases(releases_dir: Path) -> list[str]:
+    if not releases_dir.is_dir():
+        return []
+    found = []
+    for entry in releases_dir.iterdir():
+        if RELEASE_ID.match(entry.name) and entry.is_dir() and not entry.is_symlink():
+            found.append((entry.stat().st_mtime_ns, entry.name))
+    return [name for _, name in sorted(found)]
+
+
+def _make_dirs(path: Path) -> None:
+    """mkdir -p with world-readable modes whatever the umask (nginx runs as nobody)."""
+    missing = []
+    cursor = path
+    while not cursor.exists():
+        missing.append(cursor)
+        cursor = cursor.parent
+    for directory in reversed(missing):
+        directory.mkdir(exist_ok=True)
+        os.chmod(directory, DIR_MODE)
+
+
+def _read_exact(stream: IO[bytes], size: int) -> bytes:
+    data = stream.read(size)
+    if len(data) != size:
+        raise EOFError(f"the deployer closed the stream ({len(data)} of {size} bytes)")
+    return data
+
+
+def _copy_exact(src: IO[bytes], dst: IO[bytes], size: int) -> None:
+    while size:
+        chunk = src.read(min(size, _CHUNK))
+        if not chunk:
+            raise EOFError(f"the deployer closed the stream with {size} bytes of an object due")
+        dst.write(chunk)
+        size -= len(chunk)
+
+
+if __name__ == "__main__":
+    main()
