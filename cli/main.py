@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
@@ -24,6 +25,7 @@ dev_app = typer.Typer(no_args_is_help=True, help="The local development platform
 jobs_app = typer.Typer(no_args_is_help=True, help="Parked jobs: list and replay.")
 dns_app = typer.Typer(no_args_is_help=True, help="DNS records of the sites.")
 broker_app = typer.Typer(no_args_is_help=True, help="The RabbitMQ topology.")
+templates_app = typer.Typer(no_args_is_help=True, help="Template packs: validate and list.")
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(token_app, name="token")
 app.add_typer(db_app, name="db")
@@ -31,6 +33,7 @@ app.add_typer(dev_app, name="dev")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(dns_app, name="dns")
 app.add_typer(broker_app, name="broker")
+app.add_typer(templates_app, name="templates")
 
 T = TypeVar("T")
 
@@ -179,6 +182,39 @@ def broker_definitions(vhost: Annotated[str, typer.Option(help="the vhost")] = "
             topology_definitions(settings.retry_delays, settings.delivery_limit, vhost), indent=2
         )
     )
+
+
+@templates_app.command("validate")
+def templates_validate(
+    path: Annotated[Path, typer.Argument(help="the pack's directory (templates/NAME/VERSION)")],
+    domain: Annotated[str, typer.Option(help="the domain to render for")] = "",
+) -> None:
+    """Check a pack end to end: schema, preview params and examples, render, build in the
+    sandbox, output, HTML and internal links. Exits 1 when anything is wrong."""
+    from cli.templates import PREVIEW_DOMAIN, validate_pack
+    from services.deployer.settings import DeployerSettings
+
+    report = asyncio.run(
+        validate_pack(path.resolve(), DeployerSettings(), domain=domain or PREVIEW_DOMAIN)
+    )
+    for line in report.lines():
+        typer.echo(line)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@templates_app.command("list")
+def templates_list() -> None:
+    """List the template packs (name and versions) of the templates directory."""
+    from cli.templates import list_packs
+
+    try:
+        packs = list_packs(CommonSettings().templates_dir)
+    except SitefleetError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    for name, versions in packs.items():
+        typer.echo(f"{name}  {', '.join(versions)}")
 
 
 @app.command("status")

@@ -1,0 +1,74 @@
+"""The blog and portfolio packs deployed by the real deployer (render, sandboxed build,
+upload, activation, health check) and fetched through a real nginx."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from services.deployer.release import LocalHost
+from services.deployer.settings import DeployerSettings
+from shared.messages import DeploymentSucceeded
+from shared.template_packs import TemplateCatalog
+from tests.deployer.conftest import Fetch, Nginx
+from tests.deployer.test_deploy import Deployer, make_job
+from tests.templates.conftest import TEMPLATES
+
+
+@pytest.fixture
+def deployer(nginx: Nginx, sites_root: Path, host: LocalHost, tmp_path: Path) -> Deployer:
+    settings = DeployerSettings(
+        sites_root=sites_root,
+        http_host="127.0.0.1",
+        http_port=nginx.port,
+        work_root=tmp_path / "work",
+        templates_dir=TEMPLATES,
+        health_check_timeout=5.0,
+        build_timeout=30,
+        max_release_bytes=20 * 1024 * 1024,
+    )
+    return Deployer(TemplateCatalog(TEMPLATES), host, settings)
+
+
+async def test_the_blog_goes_live_with_clean_urls_and_its_feed(
+    deployer: Deployer,
+    domain: str,
+    fetch: Fetch,
+) -> None:
+    preview = deployer.catalog.get("blog", "1.0.0").preview_params
+    job = make_job(domain, template="blog", params=preview)
+
+    final = await deployer(job)
+
+    assert isinstance(final, DeploymentSucceeded), final
+    home = await fetch(domain, "/")
+    assert home.status_code == 200 and f'content="{job.deployment_id}"' in home.text
+    for post in preview["posts"]:
+        page = await fetch(domain, f"/posts/{post['slug']}/")
+        assert page.status_code == 200 and f'<h1 id="page-title">{post["title"]}</h1>' in page.text
+    assert (await fetch(domain, "/tags/news/")).status_code == 200
+    feed = await fetch(domain, "/feed.xml")
+    items = ET.fromstring(feed.content).findall("channel/item")
+    assert len(items) == len(preview["posts"])
+    assert all(i.findtext("link", "").startswith(f"https://{domain}/posts/") for i in items)
+    missing = await fetch(domain, "/posts/no-such-post/")
+    assert missing.status_code == 404 and "Page not found" in missing.text
+    assert (await fetch(domain, "/build/site.json")).status_code == 404
+
+
+async def test_the_portfolio_goes_live_with_media_urls(
+    deployer: Deployer,
+    domain: str,
+    fetch: Fetch,
+) -> None:
+    preview = deployer.catalog.get("portfolio", "1.0.0").preview_params
+    job = make_job(domain, template="portfolio", params=preview)
+
+    final = await deployer(job)
+
+    assert isinstance(final, DeploymentSucceeded), final
+    home = (await fetch(domain, "/")).text
+    for image in preview["images"]:
+        assert f'src="https://media.{domain}/{image["path"]}"' in home
