@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 import idna
+from confusable_homoglyphs import confusables
+from publicsuffixlist import PublicSuffixList
 
 from shared.errors import Invalid
+
+# Scripts that legitimately mix with one other script in a label (Japanese, Chinese,
+# Korean writing; digits and hyphens are COMMON). Latin/Cyrillic/Greek mixes are refused.
+_MIXABLE = ["COMMON", "HAN", "HIRAGANA", "KATAKANA", "HANGUL", "BOPOMOFO"]
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _TLD = re.compile(r"^(?:[a-z]{2,63}|xn--[a-z0-9-]{1,59})$")
@@ -49,7 +56,22 @@ def normalize_domain(raw: object, field: str = "domain") -> str:
             raise bad(f"label {label!r} must be 1-63 letters, digits or inner hyphens")
     if not _TLD.match(labels[-1]):
         raise bad(f"top-level label {labels[-1]!r} is not a valid TLD")
+    try:
+        unicode_name = idna.decode(ascii_name)
+    except idna.IDNAError as exc:  # e.g. an xn-- label that is not valid punycode
+        raise bad(str(exc)) from None
+    for label in unicode_name.split("."):
+        if confusables.is_mixed_script(label, allowed_aliases=_MIXABLE):
+            raise bad(f"label {label!r} mixes scripts (a possible homograph)")
+    if _public_suffixes().is_public(ascii_name):
+        raise bad(f"{ascii_name!r} is a public suffix, not a domain anyone can own")
     return ascii_name
+
+
+@lru_cache(maxsize=1)
+def _public_suffixes() -> PublicSuffixList:
+    """The Public Suffix List shipped with the package (no network at run time)."""
+    return PublicSuffixList()
 
 
 def domain_slug(domain: str) -> str:

@@ -27,6 +27,10 @@ BAD_DOMAINS = [
     "$host.com",
     "www.bakery.example",  # derived names are created for each site, never sites themselves
     "proxy.bakery.example",
+    "co.uk",  # a public suffix nobody can own
+    "github.io",
+    "аpple.com",  # a homograph: Cyrillic а among Latin letters
+    "xn--zz.com",  # xn-- garbage
 ]
 
 
