@@ -35,7 +35,7 @@ def site_read(site: Site) -> SiteRead:
         template=site.template,
         template_version=site.template_version,
         params=site.params,
-        status=site.status,  # type: ignore[arg-type]
+        status=site.status,
         live_deployment_id=site.live_deployment_id,
         latest_deployment_id=site.latest_deployment_id,
         created_at=site.created_at,
@@ -44,7 +44,7 @@ def site_read(site: Site) -> SiteRead:
     )
 
 
-def visible_sites(principal: Principal) -> Select[tuple[Site]]:
+def visible_sites(principal: Principal) -> Select[Site]:
     query = select(Site)
     if not principal.is_ops:
         query = query.where(Site.tenant_id == principal.tenant_id)
