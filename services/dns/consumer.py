@@ -13,9 +13,11 @@ Outcomes (acks, retries and parking are shared/consumer.py's job):
 from __future__ import annotations
 
 import logging
+import time
 
 from sqlalchemy import select
 
+from services.dns.metrics import CHANGES, RECONCILES, VERIFY_SECONDS
 from services.dns.powerdns import PowerDnsClient
 from services.dns.reconcile import DnsNotVerified, apply_site, remove_site
 from services.dns.settings import DnsSettings
@@ -66,6 +68,7 @@ class DnsJobHandler:
             log.info("site is being deleted; not reconciling", extra={"site_id": job.site_id})
             return
         not_verified: DnsNotVerified | None = None
+        started = time.perf_counter()
         try:
             async with self.sessionmaker.begin() as session:
                 try:
@@ -81,12 +84,19 @@ class DnsJobHandler:
                 except DnsNotVerified as exc:
                     not_verified = exc  # keep the applied rows: leave the block normally
         except Transient:
+            RECONCILES.labels("retry").inc()
             raise
         except SitefleetError as exc:
+            RECONCILES.labels("failed").inc()
             await self._emit_failed(job, exc.code, exc.message)
             raise
         if not_verified is not None:
+            RECONCILES.labels("not_verified").inc()
             raise not_verified
+        RECONCILES.labels("blocked" if result.blocked else "verified").inc()
+        CHANGES.labels("replace").inc(len(result.plan.replace))
+        CHANGES.labels("delete").inc(len(result.plan.delete))
+        VERIFY_SECONDS.observe(time.perf_counter() - started)
         if result.blocked:
             reasons = "; ".join(b.reason for b in result.blocked)
             log.warning("dns records blocked", extra={"site_id": job.site_id, "error": reasons})

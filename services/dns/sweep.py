@@ -13,6 +13,7 @@ import logging
 
 from sqlalchemy import select
 
+from services.dns.metrics import DRIFT
 from services.dns.powerdns import PowerDnsClient
 from services.dns.reconcile import plan_site
 from services.dns.settings import DnsSettings
@@ -49,6 +50,7 @@ async def sweep_once(
         if plan.is_empty:
             continue
         drifted += 1
+        DRIFT.inc()
         changes = len(plan.replace) + len(plan.delete)
         log.warning("dns drift found", extra={"site_id": site_id, "changes": changes})
         await publisher.emit(

@@ -6,7 +6,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.helpers import landing_params, wait_deployment
-from tests.fixtures.platform import Platform
+from tests.fixtures.platform import Platform, wait_until
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -41,4 +41,16 @@ async def test_deployer_metrics_count_outcomes_and_phase_durations(
         >= 1
     )
     assert deployer[("sitefleet_deployment_uploaded_bytes_total", ())] > 0
-    assert dns.status_code == 200 and "python_info" in dns.text
+    assert dns.status_code == 200
+
+    async def dns_verified() -> bool:
+        async with httpx.AsyncClient(timeout=5) as http:
+            text = (
+                await http.get(f"http://127.0.0.1:{platform.metrics_ports['dns']}/metrics")
+            ).text
+        return (
+            samples(text).get(("sitefleet_dns_reconciles_total", (("outcome", "verified"),)), 0)
+            >= 1
+        )
+
+    await wait_until(dns_verified, timeout=60, what="a verified reconcile counted")

@@ -1,0 +1,15 @@
+"""The DNS service's Prometheus metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+RECONCILES = Counter("sitefleet_dns_reconciles_total", "Site reconciles, by outcome", ["outcome"])
+CHANGES = Counter("sitefleet_dns_changes_total", "RRsets written or deleted, by change", ["change"])
+# From the start of a reconcile until every record answers as wanted (apply -> verified).
+VERIFY_SECONDS = Histogram(
+    "sitefleet_dns_apply_to_verified_seconds",
+    "Seconds from apply to verified answers",
+    buckets=(0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100),
+)
+DRIFT = Counter("sitefleet_dns_drift_total", "Sites found drifted by the sweep")
