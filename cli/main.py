@@ -26,6 +26,7 @@ jobs_app = typer.Typer(no_args_is_help=True, help="Parked jobs: list and replay.
 dns_app = typer.Typer(no_args_is_help=True, help="DNS records of the sites.")
 broker_app = typer.Typer(no_args_is_help=True, help="The RabbitMQ topology.")
 templates_app = typer.Typer(no_args_is_help=True, help="Template packs: validate and list.")
+host_app = typer.Typer(no_args_is_help=True, help="Web hosts: add, list, remove.")
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(token_app, name="token")
 app.add_typer(db_app, name="db")
@@ -34,6 +35,7 @@ app.add_typer(jobs_app, name="jobs")
 app.add_typer(dns_app, name="dns")
 app.add_typer(broker_app, name="broker")
 app.add_typer(templates_app, name="templates")
+app.add_typer(host_app, name="host")
 
 T = TypeVar("T")
 
@@ -215,6 +217,83 @@ def templates_list() -> None:
         raise typer.Exit(1) from None
     for name, versions in packs.items():
         typer.echo(f"{name}  {', '.join(versions)}")
+
+
+@host_app.command("add")
+def host_add(
+    name: Annotated[str, typer.Argument(help="the host's name (a-z, 0-9, -)")],
+    ssh: Annotated[
+        str | None, typer.Option(help="user@address[:port]; without it: a local host")
+    ] = None,
+    key: Annotated[Path | None, typer.Option(help="the private key to log in with")] = None,
+    sites_root: Annotated[str | None, typer.Option(help="the sites root on the host")] = None,
+    objects_root: Annotated[
+        str | None, typer.Option(help="the object store on the host (default: in sites root)")
+    ] = None,
+    http: Annotated[
+        str | None, typer.Option(help="address:port of the host's nginx, for health checks")
+    ] = None,
+    public_address: Annotated[
+        list[str] | None, typer.Option(help="an address published in DNS (repeatable)")
+    ] = None,
+) -> None:
+    """Register a web host. An SSH host's key is fetched now and pinned; a host that does
+    not answer (or refuses the key) is not added."""
+    from cli.hosts import add, describe
+    from services.deployer.settings import DeployerSettings
+
+    if key is not None:
+        key = key.resolve()
+        if not key.is_file():
+            typer.echo(f"error: no key file at {key}", err=True)
+            raise typer.Exit(1)
+    try:
+        host = asyncio.run(
+            add(
+                DeployerSettings(),
+                name,
+                ssh=ssh,
+                key=key,
+                sites_root=sites_root,
+                objects_root=objects_root,
+                http=http,
+                public_addresses=public_address or [],
+            )
+        )
+    except SitefleetError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"host {host.id} {host.name} ({describe(host)}) added")
+    if host.host_key:
+        typer.echo(f"pinned host key: {host.host_key}")
+
+
+@host_app.command("list")
+def host_list() -> None:
+    """List the web hosts and how many sites each holds."""
+    from cli.hosts import describe, list_all
+    from services.deployer.settings import DeployerSettings
+
+    for host, sites in asyncio.run(list_all(DeployerSettings())):
+        state = "enabled" if host.enabled else "disabled"
+        typer.echo(
+            f"{host.name}  {describe(host)}  sites_root={host.sites_root}  "
+            f"http={host.http_host}:{host.http_port}  {sites} site(s)  {state}"
+        )
+
+
+@host_app.command("remove")
+def host_remove(name: Annotated[str, typer.Argument(help="the host's name")]) -> None:
+    """Remove a web host that holds no site."""
+    from cli.hosts import remove
+    from services.deployer.settings import DeployerSettings
+
+    try:
+        asyncio.run(remove(DeployerSettings(), name))
+    except SitefleetError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"host {name} removed")
 
 
 @app.command("status")

@@ -9,6 +9,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -120,6 +121,23 @@ class DeploymentLogLine(Base):
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     level: Mapped[str] = mapped_column(String(8))
     message: Mapped[str] = mapped_column(Text)
+
+
+class DeployHook(Base):
+    """Writer: api. A URL a customer's CI POSTs to start a deployment; the secret in the URL
+    is the credential, so only its SHA-256 is kept. ``tokens``/``refilled_at`` are the
+    hook's rate-limit bucket."""
+
+    __tablename__ = "deploy_hooks"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"), index=True)
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(200))
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    tokens: Mapped[float] = mapped_column(Float)
+    refilled_at: Mapped[datetime] = _now()
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _now()
 
 
 class OutboxMessage(Base):
@@ -268,3 +286,44 @@ class ChannelHealth(Base):
     unhealthy_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_error: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = _now()
+
+
+# --- web hosts --------------------------------------------------------------------------
+
+
+class WebHost(Base):
+    """Writer: deployer (``services/deployer/hosts.py``, run by ``sitefleet host``). A web
+    host the deployer releases sites to. ``host_key`` is the server's public key (OpenSSH
+    line) fetched and pinned when the host was added; nothing else is trusted."""
+
+    __tablename__ = "web_hosts"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(8))  # local | ssh
+    ssh_user: Mapped[str | None] = mapped_column(String(64))
+    ssh_address: Mapped[str | None] = mapped_column(String(255))
+    ssh_port: Mapped[int | None] = mapped_column(Integer)
+    ssh_key_path: Mapped[str | None] = mapped_column(String(1024))
+    host_key: Mapped[str | None] = mapped_column(Text)
+    sites_root: Mapped[str] = mapped_column(String(1024))
+    objects_root: Mapped[str | None] = mapped_column(String(1024))
+    # Where the host's nginx answers the post-activation health check (Host header = site).
+    http_host: Mapped[str] = mapped_column(String(255))
+    http_port: Mapped[int] = mapped_column(Integer)
+    # Addresses published in DNS for the sites on this host.
+    public_addresses: Mapped[list[Any]] = mapped_column(JSONB, default=list)
+    # A disabled host gets no new sites; the sites already on it keep deploying to it.
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = _now()
+
+
+class SiteHost(Base):
+    """Writer: deployer. The web hosts a site lives on, chosen at its first deployment and
+    kept; removed when the site's files are. A host with sites cannot be removed."""
+
+    __tablename__ = "site_hosts"
+    site_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    host_id: Mapped[str] = mapped_column(
+        ForeignKey("web_hosts.id", ondelete="RESTRICT"), primary_key=True, index=True
+    )
+    created_at: Mapped[datetime] = _now()

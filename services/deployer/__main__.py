@@ -1,5 +1,6 @@
-"""``python -m services.deployer``: wire settings, database, broker and the local web host
-together, consume deploy jobs until SIGTERM/SIGINT, then drain and close."""
+"""``python -m services.deployer``: wire settings, database, broker and the web hosts (the
+registered ones, else the local one) together, consume deploy jobs until SIGTERM/SIGINT,
+then drain and close."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 
 from services.deployer.consumer import DeployerHandler
 from services.deployer.fence import DatabaseFence
+from services.deployer.hosts import HostRegistry
 from services.deployer.release import LocalHost
 from services.deployer.settings import DeployerSettings
 from shared import broker
@@ -27,10 +29,13 @@ async def run(settings: DeployerSettings) -> None:
     catalog = TemplateCatalog(settings.templates_dir)
     engine = create_engine(settings.database_url, application_name="sitefleet-deployer")
     publisher = broker.Publisher()
+    local = LocalHost.from_settings(settings)
+    hosts = HostRegistry(engine, settings, local=local)
     try:
         handler = DeployerHandler(
             catalog=catalog,
-            host=LocalHost.from_settings(settings),
+            host=local,
+            hosts=hosts,
             publisher=publisher,
             # A job waits for the site's previous job at most as long as one may run.
             fence=DatabaseFence(engine, lock_timeout=settings.deploy_timeout),
@@ -51,6 +56,7 @@ async def run(settings: DeployerSettings) -> None:
             also=handler.listen_for_cancels,
         )
     finally:
+        await hosts.close()
         await engine.dispose()
     log.info("deployer stopped")
 

@@ -11,9 +11,11 @@ from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
 from services.deployer.deploy import deploy
 from services.deployer.fence import DatabaseFence
+from services.deployer.hosts import HostRegistry
 from services.deployer.metrics import observe_outcome
 from services.deployer.release import HostTransport, check_domain
 from services.deployer.settings import DeployerSettings
+from services.deployer.target import Target
 from shared.broker import EVENTS_EXCHANGE, Publisher
 from shared.errors import Permanent, Unavailable
 from shared.messages import (
@@ -40,9 +42,12 @@ class DeployerHandler:
         publisher: Publisher,
         fence: DatabaseFence,
         settings: DeployerSettings,
+        hosts: HostRegistry | None = None,
     ) -> None:
         self.catalog = catalog
         self.host = host
+        # The registered web hosts; None (or none registered): ``host`` alone.
+        self.hosts = hosts
         self.publisher = publisher
         self.fence = fence
         self.settings = settings
@@ -63,11 +68,12 @@ class DeployerHandler:
 
     async def deploy(self, job: DeploymentRequested) -> None:
         async with self.fence.site_lock(job.site_id):
+            targets = await self._targets_for(job)
             task = asyncio.create_task(
                 deploy(
                     job,
                     catalog=self.catalog,
-                    host=self.host,
+                    targets=targets,
                     report=self.report,
                     fence=self.fence,
                     settings=self.settings,
@@ -84,6 +90,13 @@ class DeployerHandler:
             finally:
                 self._running.pop(job.deployment_id, None)
                 self._cancelled.discard(job.deployment_id)
+
+    async def _targets_for(self, job: DeploymentRequested) -> list[Target]:
+        local = [Target.local(self.host, self.settings)]
+        # A fenced job touches no host: do not place a deleted or superseded site anywhere.
+        if self.hosts is None or await self.fence(job) is not None:
+            return local
+        return await self.hosts.targets_for_deploy(job.site_id)
 
     async def on_cancel_request(self, message: AbstractIncomingMessage) -> None:
         """A broadcast: kill the deployment if this process runs it (its build's process
@@ -109,8 +122,26 @@ class DeployerHandler:
     async def remove_site(self, job: SiteRemovalRequested) -> None:
         domain = check_domain(job.domain)
         async with self.fence.site_lock(job.site_id):
-            await self.host.remove_site(domain)
-        log.info("site files removed", extra={"site_id": job.site_id, "domain": domain})
+            if self.hosts is None:
+                targets = [Target.local(self.host, self.settings)]
+            else:
+                targets = await self.hosts.targets_for_removal(job.site_id)
+            results = await asyncio.gather(
+                *(t.host.remove_site(domain) for t in targets), return_exceptions=True
+            )
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result  # removal is idempotent: the retry redoes every host
+            if self.hosts is not None:
+                await self.hosts.forget_site(job.site_id)
+        log.info(
+            "site files removed",
+            extra={
+                "site_id": job.site_id,
+                "domain": domain,
+                "hosts": [t.name for t in targets],
+            },
+        )
         await self._emit(
             SiteFilesRemoved(tenant_id=job.tenant_id, site_id=job.site_id, domain=domain)
         )

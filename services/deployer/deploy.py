@@ -1,4 +1,8 @@
-"""The deploy pipeline of one job: build -> upload -> activate -> health check -> report.
+"""The deploy pipeline of one job: build -> upload -> activate -> health check -> report,
+in two phases over every web host of the site: the release is built once and uploaded to
+(materialized on) every host first; only when all hold it whole does ``current`` switch on
+each of them, and a failure on any host (activation or health check) switches every host
+back to what it served before.
 
 Outcomes (the consumer maps them to broker actions):
     returns after reporting ``live``            the site serves the new release
@@ -7,8 +11,9 @@ Outcomes (the consumer maps them to broker actions):
     returns without a final report              a duplicate of a finished job
     raises ``Transient``                        retry later; nothing final was reported
 
-``current`` only ever moves to a release that was uploaded whole, and moves back to the
-release that served before when the new one is not seen healthy through nginx.
+``current`` only ever moves to a release that was uploaded whole to every host, and moves
+back to the release that served before when the new one is not seen healthy through nginx
+on every host.
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ import asyncio
 import contextlib
 import logging
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 from services.deployer.fence import Fence, Fenced
 from services.deployer.health import check_release
@@ -27,6 +33,7 @@ from services.deployer.release import HostTransport, check_domain, check_release
 from services.deployer.render import render_site
 from services.deployer.sandbox import BuildSandbox, SandboxLimits, parse_build_steps
 from services.deployer.settings import DeployerSettings
+from services.deployer.target import Target
 from shared.errors import Permanent, SitefleetError, Transient
 from shared.messages import (
     DeploymentFailed,
@@ -46,18 +53,27 @@ from shared.timeutil import utcnow
 log = logging.getLogger(__name__)
 
 Report = Callable[[DeploymentReport], Awaitable[None]]
+T = TypeVar("T")
 
 
 async def deploy(
     job: DeploymentRequested,
     *,
     catalog: TemplateCatalog,
-    host: HostTransport,
+    host: HostTransport | None = None,
+    targets: Sequence[Target] | None = None,
     report: Report,
     fence: Fence,
     settings: DeployerSettings,
 ) -> None:
-    """Run one deploy job to its outcome (see the module docstring)."""
+    """Run one deploy job to its outcome (see the module docstring) on ``targets`` (the
+    site's web hosts), or on ``host`` alone with the settings' HTTP address."""
+    if targets is None:
+        if host is None:
+            raise TypeError("deploy() needs host or targets")
+        targets = [Target.local(host, settings)]
+    if not targets:
+        raise ValueError("deploy() needs at least one web host")
     run = _Run(job, report)
     try:
         check_domain(job.domain)
@@ -67,10 +83,10 @@ async def deploy(
         if await run.fenced(fence):
             return
         if job.rollback_to is not None:
-            await _roll_back_to(run, job.rollback_to, host=host, settings=settings)
+            await _roll_back_to(run, job.rollback_to, targets=targets, settings=settings)
         else:
             await _build_and_release(
-                run, catalog=catalog, host=host, fence=fence, settings=settings
+                run, catalog=catalog, targets=targets, fence=fence, settings=settings
             )
     except Transient:
         raise
@@ -92,7 +108,7 @@ async def _build_and_release(
     run: _Run,
     *,
     catalog: TemplateCatalog,
-    host: HostTransport,
+    targets: Sequence[Target],
     fence: Fence,
     settings: DeployerSettings,
 ) -> None:
@@ -107,7 +123,9 @@ async def _build_and_release(
                         job, catalog.get(job.template, job.template_version), out_dir, settings
                     )
                 async with run.phase("upload", "uploading"):
-                    stats = await host.upload(job.domain, job.deployment_id, out_dir)
+                    stats = await _upload_everywhere(
+                        targets, job.domain, job.deployment_id, out_dir
+                    )
         except TimeoutError:
             raise Transient(
                 f"building and uploading {job.domain} took over {settings.deploy_timeout} s",
@@ -119,77 +137,167 @@ async def _build_and_release(
     # Time has passed: a newer generation may have been requested meanwhile.
     if await run.fenced(fence):
         return
-    await _activate_and_check(run, job.deployment_id, host=host, settings=settings)
+    await _activate_and_check(run, job.deployment_id, targets=targets, settings=settings)
     await run.finish(DeploymentSucceeded, "live", stats=stats)
     log.info(
         "deployment live",
-        extra={"deployment_id": job.deployment_id, "domain": job.domain, **stats.model_dump()},
+        extra={
+            "deployment_id": job.deployment_id,
+            "domain": job.domain,
+            "hosts": [t.name for t in targets],
+            **stats.model_dump(),
+        },
     )
-    await _prune(host, job.domain, settings.keep_releases)
+    await _prune(targets, job.domain, settings.keep_releases)
+
+
+async def _upload_everywhere(
+    targets: Sequence[Target], domain: str, release_id: str, src_dir: Path
+) -> DeploymentStats:
+    """Phase one: the whole release on every host, or an error (nothing switched)."""
+    results = await _on_each(targets, lambda t: t.host.upload(domain, release_id, src_dir))
+    stats = results[0].model_copy()
+    stats.uploaded_files = sum(r.uploaded_files for r in results)
+    stats.uploaded_bytes = sum(r.uploaded_bytes for r in results)
+    return stats
+
+
+async def _on_each(
+    targets: Sequence[Target], action: Callable[[Target], Coroutine[Any, Any, T]]
+) -> list[T]:
+    """Run ``action`` on every host at once; all results, or the first host's error (named
+    after its host) once every host has finished."""
+    results = await asyncio.gather(*(action(t) for t in targets), return_exceptions=True)
+    for target, result in zip(targets, results, strict=True):
+        if isinstance(result, BaseException):
+            if isinstance(result, SitefleetError) and len(targets) > 1:
+                _name_host(result, target)
+            raise result
+    return results  # type: ignore[return-value]
+
+
+def _name_host(exc: SitefleetError, target: Target) -> None:
+    if f"web host {target.name}" not in exc.message:
+        exc.message = f"web host {target.name}: {exc.message}"
 
 
 async def _roll_back_to(
-    run: _Run, release_id: str, *, host: HostTransport, settings: DeployerSettings
+    run: _Run, release_id: str, *, targets: Sequence[Target], settings: DeployerSettings
 ) -> None:
-    """Serve an earlier release again, without building anything."""
+    """Serve an earlier release again on every host, without building anything."""
     domain = run.job.domain
-    if release_id not in await host.releases(domain):
+    held = await _on_each(targets, lambda t: t.host.releases(domain))
+    lacking = [
+        t.name for t, releases in zip(targets, held, strict=True) if release_id not in releases
+    ]
+    if lacking:
+        where = "the web host" if len(targets) == 1 else f"web host(s) {', '.join(lacking)}"
         raise Permanent(
-            f"release {release_id} of {domain} is no longer on the web host",
+            f"release {release_id} of {domain} is no longer on {where}",
             code="release_not_found",
         )
-    await _activate_and_check(run, release_id, host=host, settings=settings)
+    await _activate_and_check(run, release_id, targets=targets, settings=settings)
     await run.finish(DeploymentSucceeded, "live", stats=DeploymentStats())
     log.info(
         "rolled back: release live again",
         extra={"deployment_id": run.job.deployment_id, "domain": domain, "release": release_id},
     )
-    await _prune(host, domain, settings.keep_releases)
+    await _prune(targets, domain, settings.keep_releases)
 
 
 async def _activate_and_check(
-    run: _Run, release_id: str, *, host: HostTransport, settings: DeployerSettings
+    run: _Run, release_id: str, *, targets: Sequence[Target], settings: DeployerSettings
 ) -> None:
+    """Phase two: switch every host, then check every host through its nginx; on any
+    failure, every host that switched goes back to what it served before."""
     domain = run.job.domain
-    previous = await host.current_release(domain)
-    async with run.phase("activate", "activating"):
-        await host.activate(domain, release_id)
+    previous = await _on_each(targets, lambda t: t.host.current_release(domain))
+    # Hosts that were not serving this release before this job (the ones to undo).
+    moved = [
+        (t, before) for t, before in zip(targets, previous, strict=True) if before != release_id
+    ]
     try:
+        async with run.phase("activate", "activating"):
+            await _on_each(targets, lambda t: t.host.activate(domain, release_id))
         async with run.phase("health_check"):
-            problem = await check_release(
-                domain,
-                release_id,
-                http_host=settings.http_host,
-                http_port=settings.http_port,
-                request_timeout=settings.health_check_timeout,
-            )
-            if problem is not None:
-                raise Permanent(problem, code="health_check_failed")
+            await _check_everywhere(targets, domain, release_id, settings)
     except SitefleetError as exc:
         # Whatever went wrong (even nginx not answering), `current` must not stay on a
-        # release that was never seen healthy: put back what served before.
-        if previous == release_id:
+        # release that was never seen healthy everywhere: put back what served before.
+        if not moved:
             raise  # it was already serving before this job: nothing to undo
         async with run.phase("rollback"):
-            if previous is not None:
-                await host.activate(domain, previous)
-                exc.message += f"; rolled back to release {previous}"
-            else:
-                await host.deactivate(domain)
-                exc.message += "; no earlier release to roll back to, the site is offline"
+            exc.message += await _switch_back(domain, moved, single=len(targets) == 1)
         raise
 
 
-async def _prune(host: HostTransport, domain: str, keep: int) -> None:
+async def _check_everywhere(
+    targets: Sequence[Target], domain: str, release_id: str, settings: DeployerSettings
+) -> None:
+    async def check(target: Target) -> str | None:
+        return await check_release(
+            domain,
+            release_id,
+            http_host=target.http_host,
+            http_port=target.http_port,
+            request_timeout=settings.health_check_timeout,
+        )
+
+    results = await asyncio.gather(*(check(t) for t in targets), return_exceptions=True)
+    problems = []
+    for target, result in zip(targets, results, strict=True):
+        if isinstance(result, str):
+            problems.append(result if len(targets) == 1 else f"web host {target.name}: {result}")
+    if problems:
+        raise Permanent("; ".join(problems), code="health_check_failed")
+    for target, result in zip(targets, results, strict=True):
+        if isinstance(result, BaseException):  # a host whose nginx did not answer
+            if isinstance(result, SitefleetError) and len(targets) > 1:
+                _name_host(result, target)
+            raise result
+
+
+async def _switch_back(domain: str, moved: list[tuple[Target, str | None]], *, single: bool) -> str:
+    """Point each host back at its previous release (or take the site offline there);
+    returns what was done, for the error message. A host that cannot be switched back
+    raises (``Transient``): the job is retried rather than reported with a host left on
+    an unchecked release."""
+
+    before = {target.name: release for target, release in moved}
+
+    async def undo(target: Target) -> str:
+        release = before[target.name]
+        if release is not None:
+            await target.host.activate(domain, release)
+            if single:
+                return f"rolled back to release {release}"
+            return f"rolled back web host {target.name} to release {release}"
+        await target.host.deactivate(domain)
+        if single:
+            return "no earlier release to roll back to, the site is offline"
+        return f"no earlier release on web host {target.name}, the site is offline there"
+
+    done = await _on_each([target for target, _ in moved], undo)
+    return "; " + "; ".join(done)
+
+
+async def _prune(targets: Sequence[Target], domain: str, keep: int) -> None:
     # The deployment is already live and reported: a failed clean-up is retried by the
     # next deploy of the site, not by redoing this one.
-    try:
-        removed = await host.prune(domain, keep)
-    except SitefleetError as exc:
-        log.warning("pruning old releases failed", extra={"domain": domain, "error": exc.message})
-        return
-    if removed:
-        log.info("old releases pruned", extra={"domain": domain, "releases": removed})
+    for target in targets:
+        try:
+            removed = await target.host.prune(domain, keep)
+        except SitefleetError as exc:
+            log.warning(
+                "pruning old releases failed",
+                extra={"domain": domain, "host": target.name, "error": exc.message},
+            )
+            continue
+        if removed:
+            log.info(
+                "old releases pruned",
+                extra={"domain": domain, "host": target.name, "releases": removed},
+            )
 
 
 async def _build(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import Field
+
 from shared.settings import PROJECT_ROOT, CommonSettings, WebHostSettings
 
 
@@ -46,6 +48,9 @@ class DeployerSettings(CommonSettings, WebHostSettings):
     # Links per object copy before another copy starts (ext4 refuses the 65,001st link;
     # EMLINK is handled too, this only lets tests and other filesystems lower the ceiling).
     object_max_links: int = 65_000
+    # Registered web hosts (services/deployer/hosts.py) a site is placed on at its first
+    # deployment: the least-loaded enabled ones.
+    hosts_per_site: int = Field(default=1, ge=1)
     # Web hosts reached over SSH (services/deployer/transport/ssh.py). Their sites root and
     # object store (None: <sites root>/.objects), the same layout as the local web host's.
     ssh_sites_root: str = "/srv/sitefleet/sites"
