@@ -10,7 +10,8 @@
      ├── TooLarge                  (HTTP 413)
      ├── Permanent                 a job that can never succeed (consumer: park)
      └── Transient                 may succeed later (HTTP 503; consumer: retry with backoff)
-          └── Unavailable          a dependency is down
+          ├── Unavailable          a dependency is down
+          └── RateLimited          too many requests (HTTP 429 with Retry-After)
 
 Domain code raises these; the API maps them to HTTP once (services/api/errors.py) and the
 consumer helper maps them to ack / retry / park once (shared/consumer.py).
@@ -83,3 +84,12 @@ class Transient(SitefleetError):
 
 class Unavailable(Transient):
     code = "dependency_unavailable"
+
+
+class RateLimited(Transient):
+    code = "rate_limited"
+    http_status = 429
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message, details={"retry_after": round(retry_after, 1)})
+        self.retry_after = retry_after

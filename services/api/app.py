@@ -15,10 +15,19 @@ from services.api.broker_link import BrokerLink
 from services.api.correlation import CorrelationId
 from services.api.deployments import reap_stuck
 from services.api.deps import AppState
-from services.api.endpoints import deployments, health, identity, notifications, sites, templates
+from services.api.endpoints import (
+    deployments,
+    health,
+    hooks,
+    identity,
+    notifications,
+    sites,
+    templates,
+)
 from services.api.errors import install_error_handlers
 from services.api.events import EventRecorder
 from services.api.limits import BodyLimit
+from services.api.metrics import RequestMetrics
 from services.api.outbox import Relay
 from services.api.settings import ApiSettings
 from services.api.template_registry import register_catalog
@@ -82,10 +91,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for module in (health, identity, templates, sites, deployments):
+    for module in (health, identity, templates, sites, deployments, hooks):
         app.include_router(module.router)
     app.include_router(notifications.router)
     app.mount("/metrics", make_asgi_app())
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(CorrelationId)
+    app.add_middleware(RequestMetrics)
     return app

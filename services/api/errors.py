@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -11,7 +12,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from shared.errors import SitefleetError, Transient
+from shared.errors import SitefleetError
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,9 @@ def _field_path(loc: tuple[Any, ...]) -> str:
 async def _on_sitefleet_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, SitefleetError)
     headers = None
-    if isinstance(exc, Transient):
-        headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
+    retry_after = getattr(exc, "retry_after", None)
+    if isinstance(retry_after, int | float) and exc.http_status in (429, 503):
+        headers = {"Retry-After": str(max(1, math.ceil(retry_after)))}
     if exc.http_status >= 500:
         log.warning("request failed", extra={"code": exc.code, "error": exc.message})
     return error_response(exc.http_status, exc.code, exc.message, exc.details, headers)
@@ -81,7 +83,8 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
-    return error_response(exc.status_code, code, message, headers=exc.headers)
+    headers = dict(exc.headers) if exc.headers else None
+    return error_response(exc.status_code, code, message, headers=headers)
 
 
 async def _on_integrity_error(request: Request, exc: Exception) -> JSONResponse:

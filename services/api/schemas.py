@@ -140,6 +140,27 @@ class DeploymentLogs(BaseModel):
     lines: list[LogLineRead]
 
 
+class HookCreate(Strict):
+    name: str = Field(min_length=1, max_length=200)
+
+
+class HookCreated(BaseModel):
+    id: str
+    name: str
+    url: str
+
+
+class HookRead(BaseModel):
+    id: str
+    name: str
+    created_at: datetime
+    last_used_at: datetime | None
+
+
+class HookTriggered(BaseModel):
+    deployment_id: str
+
+
 class DeploymentError(BaseModel):
     code: str
     message: str

@@ -19,3 +19,12 @@ class ApiSettings(CommonSettings, WebHostSettings):
     # A deployment with no outcome after this long is failed and announced (the reaper).
     deployment_timeout: float = 1800.0
     reaper_interval: float = 30.0
+    # Base URL of this API as customers reach it (deploy hook URLs are built from it).
+    public_url: str = ""
+    # Deploy hooks: a burst of requests, then this many per minute per hook.
+    hook_burst: int = 3
+    hook_per_minute: float = 6.0
+
+    @property
+    def base_url(self) -> str:
+        return self.public_url.rstrip("/") or f"http://{self.api_host}:{self.api_port}"

@@ -91,3 +91,15 @@ async def test_health_and_openapi(platform: Platform) -> None:
         metrics = await anon.get("/metrics/")
         assert metrics.status_code == 200
         assert "python_info" in metrics.text
+
+
+async def test_request_metrics_use_route_templates(
+    api: httpx.AsyncClient, platform: Platform
+) -> None:
+    await api.get("/v1/sites/site_0000000000000000000000000000")
+    async with platform.client() as anon:
+        text = (await anon.get("/metrics/")).text
+    assert (
+        'sitefleet_api_requests_total{method="GET",route="/v1/sites/{site_id}",status="404"}'
+    ) in text
+    assert "site_0000000000000000000000000000" not in text
