@@ -1,0 +1,1 @@
+"""Benchmarks of ../shared/BENCH.md: each scenario beside its baseline, in the same run."""
