@@ -27,13 +27,22 @@ import abc
 import asyncio
 import contextlib
 import os
-import re
 import secrets
 import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from services.deployer.layout import (
+    CURRENT,
+    OBJECTS,
+    RELEASE_ID,
+    RELEASES,
+    TMP_PREFIX,
+    list_releases,
+    make_dirs,
+    read_current,
+)
 from services.deployer.objects import (
     DIR_MODE,
     EXT4_LINK_MAX,
@@ -46,14 +55,6 @@ from services.deployer.settings import DeployerSettings
 from shared.domains import normalize_domain
 from shared.errors import Invalid, NotFound, Transient
 from shared.messages import DeploymentStats
-
-# shared.ids.new_id(): a short prefix, then 12 hex digits of clock and 16 random.
-RELEASE_ID = re.compile(r"^[a-z]{1,16}_[0-9a-f]{28}$")
-CURRENT = "current"
-RELEASES = "releases"
-TMP_PREFIX = ".tmp-"
-# The store's default place: beside the sites (same filesystem), a name no domain can have.
-OBJECTS = ".objects"
 
 
 def check_domain(domain: str) -> str:
@@ -162,7 +163,7 @@ class LocalHost(HostTransport):
         stats = DeploymentStats(files=len(entries), bytes=sum(e.size for e in entries))
         if final.is_dir():
             return stats
-        _make_dirs(final.parent)
+        make_dirs(final.parent)
         tmp = final.with_name(TMP_PREFIX + final.name)
         if tmp.exists():  # left by an attempt that died mid-upload
             shutil.rmtree(tmp)
@@ -208,12 +209,12 @@ class LocalHost(HostTransport):
     async def current_release(self, domain: str) -> str | None:
         current = self._site_dir(domain) / CURRENT
         with _host_io("reading current release", domain):
-            return await asyncio.to_thread(_read_current, current)
+            return await asyncio.to_thread(read_current, current)
 
     async def releases(self, domain: str) -> list[str]:
         releases_dir = self._site_dir(domain) / RELEASES
         with _host_io("listing releases", domain):
-            return await asyncio.to_thread(_list_releases, releases_dir)
+            return await asyncio.to_thread(list_releases, releases_dir)
 
     async def prune(self, domain: str, keep: int) -> list[str]:
         if keep < 1:
@@ -224,8 +225,8 @@ class LocalHost(HostTransport):
 
     def _prune(self, site_dir: Path, keep: int) -> list[str]:
         releases_dir = site_dir / RELEASES
-        current = _read_current(site_dir / CURRENT)
-        others = [r for r in _list_releases(releases_dir) if r != current]
+        current = read_current(site_dir / CURRENT)
+        others = [r for r in list_releases(releases_dir) if r != current]
         slots = keep - 1 if current is not None else keep
         doomed = others[: max(len(others) - slots, 0)]
         trees = [releases_dir / release_id for release_id in doomed]
@@ -266,34 +267,3 @@ class LocalHost(HostTransport):
             return
         if site_dir.exists():
             self._delete_trees([site_dir])
-
-
-def _read_current(current: Path) -> str | None:
-    try:
-        target = os.readlink(current)
-    except FileNotFoundError:
-        return None
-    release_id = Path(target).name
-    return release_id if RELEASE_ID.match(release_id) else None
-
-
-def _list_releases(releases_dir: Path) -> list[str]:
-    if not releases_dir.is_dir():
-        return []
-    found = []
-    for entry in releases_dir.iterdir():
-        if RELEASE_ID.match(entry.name) and entry.is_dir() and not entry.is_symlink():
-            found.append((entry.stat().st_mtime_ns, entry.name))
-    return [name for _, name in sorted(found)]
-
-
-def _make_dirs(path: Path) -> None:
-    """mkdir -p with world-readable modes whatever the umask (nginx runs as nobody)."""
-    missing = []
-    cursor = path
-    while not cursor.exists():
-        missing.append(cursor)
-        cursor = cursor.parent
-    for directory in reversed(missing):
-        directory.mkdir(exist_ok=True)
-        os.chmod(directory, DIR_MODE)

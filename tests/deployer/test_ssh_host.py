@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from cli.devstack import procs
-from services.deployer import objects
+from services.deployer import layout, objects
 from services.deployer import release as release_py
 from services.deployer.deploy import deploy
 from services.deployer.health import release_marker
@@ -370,19 +370,20 @@ async def test_bad_release_ids_are_refused_before_anything_is_sent(
 
 
 def test_the_agent_lays_out_releases_as_release_py_does() -> None:
-    # The host runs the agent's copy: it cannot import release.py (pydantic).
+    # The host cannot import release.py (pydantic): both take the layout from layout.py.
     assert host_agent.RELEASE_ID.pattern == release_py.RELEASE_ID.pattern
     assert (host_agent.CURRENT, host_agent.RELEASES) == (release_py.CURRENT, release_py.RELEASES)
     assert (host_agent.TMP_PREFIX, host_agent.OBJECTS) == (
         release_py.TMP_PREFIX,
         release_py.OBJECTS,
     )
-    # Stdlib only: the agent imports nothing of Sitefleet but objects.py, which imports none.
-    for module in (host_agent, objects):
+    # Stdlib only: the agent imports nothing of Sitefleet but layout.py and objects.py, which
+    # are shipped with it.
+    for module in (host_agent, layout, objects):
         source = Path(str(module.__file__)).read_text()
         imports = re.findall(r"^(?:from|import) ([\w.]+)", source, re.MULTILINE)
         ours = {name for name in imports if name.split(".")[0] in {"services", "shared", "cli"}}
-        assert ours <= {"services.deployer.objects"}
+        assert ours <= {"services.deployer.objects", "services.deployer.layout"}
 
 
 async def test_release_switches_through_ssh_are_atomic_for_visitors(

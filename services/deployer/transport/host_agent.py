@@ -36,6 +36,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from services.deployer.layout import (
+    CURRENT,
+    OBJECTS,
+    RELEASE_ID,
+    RELEASES,
+    TMP_PREFIX,
+    list_releases,
+    make_dirs,
+    read_current,
+)
 from services.deployer.objects import (
     DIR_MODE,
     STORE_DIR_MODE,
@@ -45,13 +55,6 @@ from services.deployer.objects import (
     ObjectStore,
 )
 
-# The agent's copy of release.py's layout (release.py needs pydantic, the host has only the
-# stdlib); tests/deployer/test_ssh_host.py checks that both agree.
-RELEASE_ID = re.compile(r"^[a-z]{1,16}_[0-9a-f]{28}$")
-CURRENT = "current"
-RELEASES = "releases"
-TMP_PREFIX = ".tmp-"
-OBJECTS = ".objects"
 # The deployer sends normalized domains only (shared.domains); the agent checks no more than
 # that a domain is one plain path component that cannot name the store (".objects").
 _DOMAIN = re.compile(r"^[a-z0-9][a-z0-9.-]{0,252}$")
@@ -169,7 +172,7 @@ class SiteFiles:
         entries = [Entry(str(p), str(h), int(m), int(s)) for p, h, m, s in manifest]
         if final.is_dir():
             return {"stored": 0}
-        _make_dirs(final.parent)
+        make_dirs(final.parent)
         tmp = final.with_name(TMP_PREFIX + final.name)
         if tmp.exists():  # left by an attempt that died mid-upload
             shutil.rmtree(tmp)
@@ -232,18 +235,18 @@ class SiteFiles:
         (self._site_dir(domain) / CURRENT).unlink(missing_ok=True)
 
     def current_release(self, domain: str) -> str | None:
-        return _read_current(self._site_dir(domain) / CURRENT)
+        return read_current(self._site_dir(domain) / CURRENT)
 
     def releases(self, domain: str) -> list[str]:
-        return _list_releases(self._site_dir(domain) / RELEASES)
+        return list_releases(self._site_dir(domain) / RELEASES)
 
     def prune(self, domain: str, keep: int) -> list[str]:
         if keep < 1:
             raise ValueError("keep must be at least 1")
         site_dir = self._site_dir(domain)
         releases_dir = site_dir / RELEASES
-        current = _read_current(site_dir / CURRENT)
-        others = [r for r in _list_releases(releases_dir) if r != current]
+        current = read_current(site_dir / CURRENT)
+        others = [r for r in list_releases(releases_dir) if r != current]
         slots = keep - 1 if current is not None else keep
         doomed = others[: max(len(others) - slots, 0)]
         trees = [releases_dir / release_id for release_id in doomed]
@@ -273,37 +276,6 @@ class SiteFiles:
         for tree in trees:
             shutil.rmtree(tree)
         self.store.collect(freed)
-
-
-def _read_current(current: Path) -> str | None:
-    try:
-        target = os.readlink(current)
-    except FileNotFoundError:
-        return None
-    release_id = Path(target).name
-    return release_id if RELEASE_ID.match(release_id) else None
-
-
-def _list_releases(releases_dir: Path) -> list[str]:
-    if not releases_dir.is_dir():
-        return []
-    found = []
-    for entry in releases_dir.iterdir():
-        if RELEASE_ID.match(entry.name) and entry.is_dir() and not entry.is_symlink():
-            found.append((entry.stat().st_mtime_ns, entry.name))
-    return [name for _, name in sorted(found)]
-
-
-def _make_dirs(path: Path) -> None:
-    """mkdir -p with world-readable modes whatever the umask (nginx runs as nobody)."""
-    missing = []
-    cursor = path
-    while not cursor.exists():
-        missing.append(cursor)
-        cursor = cursor.parent
-    for directory in reversed(missing):
-        directory.mkdir(exist_ok=True)
-        os.chmod(directory, DIR_MODE)
 
 
 def _read_exact(stream: IO[bytes], size: int) -> bytes:
