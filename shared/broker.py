@@ -61,7 +61,7 @@ DEPLOYER_JOBS = QueueSpec("deployer.jobs", JOBS_EXCHANGE, ("deployment.*", "site
 DNS_JOBS = QueueSpec("dns.jobs", JOBS_EXCHANGE, ("dns.*",))
 API_EVENTS = QueueSpec("api.events", EVENTS_EXCHANGE, ("deployment.*", "site.*", "dns.*"))
 NOTIFIER_EVENTS = QueueSpec(
-    "notifier.events", EVENTS_EXCHANGE, ("*.failed", "*.parked", "*.succeeded")
+    "notifier.events", EVENTS_EXCHANGE, ("*.failed", "*.parked", "*.succeeded", "dns.drift")
 )
 ALL_QUEUES = (DEPLOYER_JOBS, DNS_JOBS, API_EVENTS, NOTIFIER_EVENTS)
 

@@ -205,6 +205,8 @@ class DnsDrifted(Message):
     domain: str
     changes: int
     blocked: int
+    # An alert for the notifier: someone changed records we own (healed by the sweep).
+    error: ErrorInfo
 
 
 class JobParked(Message):

@@ -20,7 +20,7 @@ from services.dns.settings import DnsSettings
 from shared.broker import Publisher
 from shared.db import SessionMaker
 from shared.errors import Transient
-from shared.messages import DnsDrifted, DnsReconcileRequested
+from shared.messages import DnsDrifted, DnsReconcileRequested, ErrorInfo
 from shared.models import DnsRecord, Site
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,11 @@ async def sweep_once(
                 domain=domain,
                 changes=changes,
                 blocked=len(plan.blocked),
+                error=ErrorInfo(
+                    code="dns_drift",
+                    message=f"{changes} record set(s) differed from what Sitefleet applied; "
+                    "healing them",
+                ),
             )
         )
         await publisher.submit(
