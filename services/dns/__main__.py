@@ -19,7 +19,7 @@ from services.dns.sweep import sweep_forever
 from shared import broker
 from shared.consumer import Consumer
 from shared.db import create_engine, create_sessionmaker
-from shared.errors import Transient
+from shared.errors import SitefleetError
 from shared.logs import configure_logging
 from shared.metrics import serve_metrics
 from shared.service import consume_until, stop_event
@@ -37,7 +37,7 @@ async def _ensure_cdn_zone(
         try:
             await ensure_local_cdn_zone(client, settings)
             return
-        except Transient as exc:
+        except SitefleetError as exc:  # dev/test only; never worth dying for: retry
             log.warning("PowerDNS not ready for the local CDN zone", extra={"error": exc.message})
         try:
             await asyncio.wait_for(stop.wait(), timeout=1.0)
