@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.api.broker_link import BrokerLink
+from services.api.idempotency import request_hash, run_once
 from services.api.identity import Principal, authenticate
 from services.api.outbox import Relay
 from services.api.pagination import DEFAULT_LIMIT, MAX_LIMIT
@@ -59,6 +62,40 @@ async def get_principal(
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 IdempotencyKeyDep = Annotated[str | None, Header(alias="Idempotency-Key")]
+
+
+@dataclass
+class Once:
+    """A POST's ``Idempotency-Key`` handling, bound to its request, tenant and transaction."""
+
+    session: AsyncSession
+    tenant_id: str
+    key: str | None
+    path: str
+
+    async def run(
+        self, body: BaseModel, status_code: int, work: Callable[[], Awaitable[BaseModel]]
+    ) -> BaseModel | JSONResponse:
+        return await run_once(
+            self.session,
+            tenant_id=self.tenant_id,
+            key=self.key,
+            fingerprint=request_hash("POST", self.path, body),
+            status_code=status_code,
+            work=work,
+        )
+
+
+def get_once(
+    request: Request,
+    session: SessionDep,
+    principal: PrincipalDep,
+    idempotency_key: IdempotencyKeyDep = None,
+) -> Once:
+    return Once(session, principal.tenant_id, idempotency_key, request.url.path)
+
+
+OnceDep = Annotated[Once, Depends(get_once)]
 LimitDep = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
 CursorDep = Annotated[str | None, Query(max_length=200)]
 DEFAULT_PAGE = DEFAULT_LIMIT

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Depends, Request, Response, status
+from fastapi import APIRouter, Depends, Response, status
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import delete, select
@@ -19,12 +19,11 @@ from sqlalchemy import delete, select
 from services.api.deps import (
     DEFAULT_PAGE,
     CursorDep,
-    IdempotencyKeyDep,
     LimitDep,
+    OnceDep,
     PrincipalDep,
     SessionDep,
 )
-from services.api.idempotency import request_hash, run_once
 from services.api.pagination import page_of, paginate
 from services.api.schemas import ErrorResponse, Page, Strict
 from shared.errors import Invalid, NotFound
@@ -138,11 +137,10 @@ def channel_read(row: NotificationChannel) -> NotificationChannelRead:
 @router.post("/notification-channels", status_code=status.HTTP_201_CREATED)
 async def create_channel(
     body: NotificationChannelCreate,
-    request: Request,
     principal: PrincipalDep,
     session: SessionDep,
     policy: PolicyDep,
-    idempotency_key: IdempotencyKeyDep = None,
+    once: OnceDep,
 ) -> NotificationChannelCreated:
     async def work() -> BaseModel:
         validate_channel(body, policy)
@@ -159,14 +157,7 @@ async def create_channel(
         await session.refresh(row)
         return NotificationChannelCreated(**channel_read(row).model_dump(), secret=row.secret)
 
-    return await run_once(  # type: ignore[return-value]
-        session,
-        tenant_id=principal.tenant_id,
-        key=idempotency_key,
-        fingerprint=request_hash("POST", request.url.path, body),
-        status_code=201,
-        work=work,
-    )
+    return await once.run(body, 201, work)  # type: ignore[return-value]
 
 
 @router.get("/notification-channels")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, status
 from pydantic import BaseModel
 from sqlalchemy import select
 
@@ -13,13 +13,12 @@ from services.api.deployments import deployment_read
 from services.api.deps import (
     DEFAULT_PAGE,
     CursorDep,
-    IdempotencyKeyDep,
     LimitDep,
+    OnceDep,
     PrincipalDep,
     SessionDep,
     StateDep,
 )
-from services.api.idempotency import request_hash, run_once
 from services.api.pagination import page_of, paginate
 from services.api.schemas import (
     DeploymentCreate,
@@ -45,24 +44,16 @@ router = APIRouter(prefix="/v1/sites", tags=["sites"], responses=ERRORS)
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=SiteRead)
 async def create_site(
     body: SiteCreate,
-    request: Request,
     principal: PrincipalDep,
     session: SessionDep,
     state: StateDep,
-    idempotency_key: IdempotencyKeyDep = None,
+    once: OnceDep,
 ) -> Any:
     async def work() -> BaseModel:
         site = await sites.create_site(session, principal, state.catalog, body)
         return sites.site_read(site)
 
-    return await run_once(
-        session,
-        tenant_id=principal.tenant_id,
-        key=idempotency_key,
-        fingerprint=request_hash("POST", request.url.path, body),
-        status_code=201,
-        work=work,
-    )
+    return await once.run(body, 201, work)
 
 
 @router.get("")
@@ -106,11 +97,10 @@ async def delete_site(site_id: str, principal: PrincipalDep, session: SessionDep
 )
 async def create_deployment(
     site_id: str,
-    request: Request,
     principal: PrincipalDep,
     session: SessionDep,
+    once: OnceDep,
     body: DeploymentCreate | None = None,
-    idempotency_key: IdempotencyKeyDep = None,
 ) -> Any:
     body = body or DeploymentCreate()
 
@@ -119,14 +109,7 @@ async def create_deployment(
         dep = await sites.request_deployment(session, site, reason=body.reason or "manual")
         return deployment_read(dep)
 
-    return await run_once(
-        session,
-        tenant_id=principal.tenant_id,
-        key=idempotency_key,
-        fingerprint=request_hash("POST", request.url.path, body),
-        status_code=202,
-        work=work,
-    )
+    return await once.run(body, 202, work)
 
 
 @router.get("/{site_id}/deployments")
@@ -150,11 +133,10 @@ async def list_deployments(
 )
 async def rollback(
     site_id: str,
-    request: Request,
     principal: PrincipalDep,
     session: SessionDep,
+    once: OnceDep,
     body: RollbackCreate | None = None,
-    idempotency_key: IdempotencyKeyDep = None,
 ) -> Any:
     body = body or RollbackCreate()
 
@@ -162,14 +144,7 @@ async def rollback(
         dep = await sites.rollback_site(session, principal, site_id, body.deployment_id)
         return deployment_read(dep)
 
-    return await run_once(
-        session,
-        tenant_id=principal.tenant_id,
-        key=idempotency_key,
-        fingerprint=request_hash("POST", request.url.path, body),
-        status_code=202,
-        work=work,
-    )
+    return await once.run(body, 202, work)
 
 
 @router.get("/{site_id}/dns")
