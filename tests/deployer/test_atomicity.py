@@ -67,30 +67,6 @@ async def test_release_switches_are_atomic_for_visitors(
     switch_started, switch_done = [time.monotonic()], [time.monotonic()]
     stop = asyncio.Event()
 
-    async def visit() -> list[list[Fetched]]:
-        pages: list[list[Fetched]] = []
-        async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{nginx.port}", headers={"Host": domain}
-        ) as client:
-            while not stop.is_set():
-                page = []
-                for url, rel in PAGE:
-                    started = time.monotonic()
-                    response = await client.get(url)
-                    finished = time.monotonic()
-                    release = response.content.split(b" ", 1)[0].decode(errors="replace")
-                    whole = release in index and response.content == file_body(release, rel, tag)
-                    page.append(
-                        Fetched(
-                            started,
-                            finished,
-                            response.status_code,
-                            index[release] if whole else None,
-                        )
-                    )
-                pages.append(page)
-        return pages
-
     async def switch() -> None:
         try:
             await asyncio.sleep(0.05)  # let every client get going first
@@ -103,7 +79,9 @@ async def test_release_switches_are_atomic_for_visitors(
         finally:
             stop.set()
 
-    *visits, _ = await asyncio.gather(*(visit() for _ in range(CLIENTS)), switch())
+    *visits, _ = await asyncio.gather(
+        *(visit(nginx.port, domain, index, tag, stop) for _ in range(CLIENTS)), switch()
+    )
 
     pages = [page for pages in visits for page in pages]
     fetches = [f for page in pages for f in page]
@@ -121,6 +99,32 @@ async def test_release_switches_are_atomic_for_visitors(
     assert len(switch_done) == SWITCHES + 1
     assert len({f.release for f in fetches}) > 1
     assert quiet
+
+
+async def visit(
+    port: int, domain: str, index: dict[str, int], tag: str, stop: asyncio.Event
+) -> list[list[Fetched]]:
+    """One visitor loading PAGE over and over until ``stop``; each fetch records whether
+    it got one release's whole file (its index in ``index``) or not (None)."""
+    pages: list[list[Fetched]] = []
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}", headers={"Host": domain}
+    ) as client:
+        while not stop.is_set():
+            page = []
+            for url, rel in PAGE:
+                started = time.monotonic()
+                response = await client.get(url)
+                finished = time.monotonic()
+                release = response.content.split(b" ", 1)[0].decode(errors="replace")
+                whole = release in index and response.content == file_body(release, rel, tag)
+                page.append(
+                    Fetched(
+                        started, finished, response.status_code, index[release] if whole else None
+                    )
+                )
+            pages.append(page)
+    return pages
 
 
 def _no_switch_during(page: list["Fetched"], started: list[float], done: list[float]) -> bool:

@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from cli.devstack import procs
@@ -31,7 +30,7 @@ from shared.ids import new_id
 from shared.messages import DeploymentReport, DeploymentSucceeded
 from shared.template_packs import TemplateCatalog
 from tests.deployer.conftest import Fetch, Nginx
-from tests.deployer.test_atomicity import PAGE, Fetched, _no_switch_during, file_body
+from tests.deployer.test_atomicity import PAGE, Fetched, _no_switch_during, file_body, visit
 from tests.deployer.test_deploy import make_job, proceed
 from tests.fixtures.sshd import Sshd
 from tests.fixtures.tcp_proxy import TcpProxy
@@ -407,30 +406,6 @@ async def test_release_switches_through_ssh_are_atomic_for_visitors(
     switch_started, switch_done = [time.monotonic()], [time.monotonic()]
     stop = asyncio.Event()
 
-    async def visit() -> list[list[Fetched]]:
-        pages: list[list[Fetched]] = []
-        async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{nginx.port}", headers={"Host": domain}
-        ) as client:
-            while not stop.is_set():
-                page = []
-                for url, rel in PAGE:
-                    started = time.monotonic()
-                    response = await client.get(url)
-                    finished = time.monotonic()
-                    release = response.content.split(b" ", 1)[0].decode(errors="replace")
-                    whole = release in index and response.content == file_body(release, rel, tag)
-                    page.append(
-                        Fetched(
-                            started,
-                            finished,
-                            response.status_code,
-                            index[release] if whole else None,
-                        )
-                    )
-                pages.append(page)
-        return pages
-
     async def switch() -> None:
         try:
             await asyncio.sleep(0.05)
@@ -443,7 +418,9 @@ async def test_release_switches_through_ssh_are_atomic_for_visitors(
             stop.set()
 
     switching = asyncio.create_task(switch())
-    visits = await asyncio.gather(*(visit() for _ in range(clients)))
+    visits = await asyncio.gather(
+        *(visit(nginx.port, domain, index, tag, stop) for _ in range(clients))
+    )
     await switching
 
     pages = [page for pages in visits for page in pages]
