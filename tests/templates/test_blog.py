@@ -140,7 +140,7 @@ def test_hostile_markdown_comes_out_inert(site: tuple[Path, str]) -> None:
     assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in body
     assert '<a href="https://example.org/">ok</a>' in body
     assert "{{ 7*7 }} {% include &#x27;/etc/passwd&#x27; %}" in body
-    assert "49" not in body and "root:" not in page
+    assert not re.search(r"\b49\b", body) and "root:" not in page
     feed = (out / "feed.xml").read_text()
     assert "<script" not in feed
 
