@@ -85,7 +85,7 @@ async def validate_pack(
     path: Path, settings: DeployerSettings, *, domain: str = PREVIEW_DOMAIN
 ) -> Report:
     """Run every check on the pack at ``path``; the build runs in a temp dir, removed after."""
-    from services.deployer.deploy import build_sandbox  # the deployer's wiring of the sandbox
+    from services.deployer.build import build_sandbox  # the deployer's wiring of the sandbox
 
     report = Report(pack=str(path))
     try:

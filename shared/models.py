@@ -312,6 +312,11 @@ class WebHost(Base):
     http_port: Mapped[int] = mapped_column(Integer)
     # Addresses published in DNS for the sites on this host.
     public_addresses: Mapped[list[Any]] = mapped_column(JSONB, default=list)
+    # The host's nginx for per-site rules: argv that runs it ("-t -q" / "-s reload" are
+    # appended, e.g. ["sudo", "-n", "/usr/sbin/nginx"]) and its catch-all's listen address.
+    # None: the host serves plain sites only.
+    nginx_command: Mapped[list[Any] | None] = mapped_column(JSONB)
+    nginx_listen: Mapped[str | None] = mapped_column(String(255))
     # A disabled host gets no new sites; the sites already on it keep deploying to it.
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = _now()

@@ -16,6 +16,9 @@ from shared.errors import Invalid, NotFound
 
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
 _VERSION = re.compile(r"^\d+\.\d+\.\d+$")
+# The nginx rule profiles a pack may name: platform-owned server blocks (deployer/nginx.py,
+# infra/nginx/profiles/); "static" is the catch-all server with no rules of its own.
+NGINX_PROFILES = ("static", "spa")
 
 
 def version_key(version: str) -> tuple[int, ...]:
@@ -57,6 +60,13 @@ def load_pack(path: Path) -> TemplatePack:
     if (path.parent.name, path.name) != (name, version):
         raise Invalid(f"template pack {path} must live in templates/{name}/{version}/")
     Draft202012Validator.check_schema(manifest["params_schema"])
+    nginx_profile = manifest.get("nginx_profile", "static")
+    if nginx_profile not in NGINX_PROFILES:
+        raise Invalid(
+            f"template pack {path} names nginx profile {nginx_profile!r}; "
+            f"known profiles: {', '.join(NGINX_PROFILES)}",
+            code="unknown_nginx_profile",
+        )
     return TemplatePack(
         name=name,
         version=version,
@@ -64,7 +74,7 @@ def load_pack(path: Path) -> TemplatePack:
         description=manifest["description"],
         params_schema=manifest["params_schema"],
         preview_params=manifest.get("preview_params", {}),
-        nginx_profile=manifest.get("nginx_profile", "static"),
+        nginx_profile=nginx_profile,
         build=manifest.get("build", []),
         path=path,
         content_hash=_hash_tree(path),

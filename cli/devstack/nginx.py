@@ -34,6 +34,11 @@ def write_config(prefix: Path, *, listen: str, sites_root: Path) -> Path:
     return path
 
 
+def nginx_command(prefix: Path) -> list[str]:
+    """argv that runs this private nginx (the deployer appends ``-t -q`` / ``-s reload``)."""
+    return ["nginx", "-p", str(prefix), "-c", str(prefix / "conf" / "nginx.conf")]
+
+
 def start_nginx(prefix: Path, *, port: int, sites_root: Path) -> subprocess.Popen[bytes]:
     sites_root.mkdir(parents=True, exist_ok=True)
     conf = write_config(prefix, listen=f"127.0.0.1:{port}", sites_root=sites_root)

@@ -8,6 +8,7 @@ it, and stops everything it started on Ctrl-C.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import socket
 import subprocess
@@ -21,7 +22,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from rich.console import Console
 
 from cli.devstack import procs
-from cli.devstack.nginx import start_nginx
+from cli.devstack.nginx import nginx_command, start_nginx
 from cli.devstack.pdns import start_pdns
 from services.api import identity
 from shared.db import create_engine, create_sessionmaker
@@ -203,6 +204,7 @@ def run() -> int:
             "SITEFLEET_HTTP_PORT": str(s.http_port),
             "SITEFLEET_DNS_PORT": str(s.dns_port),
             "SITEFLEET_SITES_ROOT": str(sites_root),
+            "SITEFLEET_NGINX_COMMAND": json.dumps(nginx_command(var / "nginx")),
             "SITEFLEET_WORK_ROOT": str(var / "work"),
             "SITEFLEET_PDNS_API_URL": f"http://127.0.0.1:{s.pdns_api_port}",
             "SITEFLEET_PDNS_API_KEY": s.pdns_api_key,

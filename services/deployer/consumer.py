@@ -13,6 +13,7 @@ from services.deployer.deploy import deploy
 from services.deployer.fence import DatabaseFence
 from services.deployer.hosts import HostRegistry
 from services.deployer.metrics import observe_outcome
+from services.deployer.nginx import remove_rules
 from services.deployer.release import HostTransport, check_domain
 from services.deployer.settings import DeployerSettings
 from services.deployer.target import Target
@@ -126,8 +127,13 @@ class DeployerHandler:
                 targets = [Target.local(self.host, self.settings)]
             else:
                 targets = await self.hosts.targets_for_removal(job.site_id)
+
+            async def remove_from(host: HostTransport) -> None:
+                await host.remove_site(domain)  # stops serving at once, rules or not
+                await remove_rules(host, domain)
+
             results = await asyncio.gather(
-                *(t.host.remove_site(domain) for t in targets), return_exceptions=True
+                *(remove_from(t.host) for t in targets), return_exceptions=True
             )
             for result in results:
                 if isinstance(result, BaseException):

@@ -26,12 +26,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Seque
 from pathlib import Path
 from typing import Any, TypeVar
 
+from services.deployer.build import build_release
 from services.deployer.fence import Fence, Fenced
 from services.deployer.health import check_release
-from services.deployer.output_check import check_output
+from services.deployer.nginx import StagedRules, render_rules
 from services.deployer.release import HostTransport, check_domain, check_release_id
-from services.deployer.render import render_site
-from services.deployer.sandbox import BuildSandbox, SandboxLimits, parse_build_steps
 from services.deployer.settings import DeployerSettings
 from services.deployer.target import Target
 from shared.errors import Permanent, SitefleetError, Transient
@@ -119,9 +118,8 @@ async def _build_and_release(
             async with asyncio.timeout(settings.deploy_timeout):
                 async with run.phase("build", "building"):
                     out_dir = work_dir / "site"
-                    await _build(
-                        job, catalog.get(job.template, job.template_version), out_dir, settings
-                    )
+                    pack = catalog.get(job.template, job.template_version)
+                    await build_release(job, pack, out_dir, settings)
                 async with run.phase("upload", "uploading"):
                     stats = await _upload_everywhere(
                         targets, job.domain, job.deployment_id, out_dir
@@ -137,7 +135,14 @@ async def _build_and_release(
     # Time has passed: a newer generation may have been requested meanwhile.
     if await run.fenced(fence):
         return
-    await _activate_and_check(run, job.deployment_id, targets=targets, settings=settings)
+    rules = await _stage_rules(run, pack, targets, settings)
+    try:
+        await _activate_and_check(
+            run, job.deployment_id, targets=targets, settings=settings, rules=rules
+        )
+    except SitefleetError:
+        await rules.put_back()
+        raise
     await run.finish(DeploymentSucceeded, "live", stats=stats)
     log.info(
         "deployment live",
@@ -205,11 +210,51 @@ async def _roll_back_to(
     await _prune(targets, domain, settings.keep_releases)
 
 
+async def _stage_rules(
+    run: _Run, pack: TemplatePack, targets: Sequence[Target], settings: DeployerSettings
+) -> StagedRules:
+    """The site's nginx rules (its pack's profile) written and tested with ``nginx -t`` on
+    every host, not live yet; if any host refuses them, every host gets its old rules back
+    and the deployment fails before anything switched. Unchanged rules touch nothing."""
+    domain = run.job.domain
+    staged = StagedRules(domain)
+    if pack.nginx_profile == "static" and not any(t.host.nginx_command for t in targets):
+        return staged  # no rules, and no host that could hold old ones
+
+    async def stage(target: Target) -> None:
+        rules = render_rules(
+            pack.nginx_profile,
+            domain=domain,
+            root=target.host.site_root(domain),
+            listen=target.host.nginx_listen,
+            profiles_dir=settings.nginx_profiles_dir,
+        )
+        if rules is None and not target.host.nginx_command:
+            return  # a plain site on a host without rules: nothing to remove
+        change = await target.host.set_rules(domain, rules.text if rules else None)
+        if change.changed:
+            staged.record(target, change.previous, rules)
+
+    async with run.phase("nginx_rules"):
+        try:
+            await _on_each(targets, stage)
+        except SitefleetError:
+            await staged.put_back()
+            raise
+    return staged
+
+
 async def _activate_and_check(
-    run: _Run, release_id: str, *, targets: Sequence[Target], settings: DeployerSettings
+    run: _Run,
+    release_id: str,
+    *,
+    targets: Sequence[Target],
+    settings: DeployerSettings,
+    rules: StagedRules | None = None,
 ) -> None:
-    """Phase two: switch every host, then check every host through its nginx; on any
-    failure, every host that switched goes back to what it served before."""
+    """Phase two: switch every host, make the site's changed nginx ``rules`` live (a
+    coalesced reload), then check every host through its nginx; on any failure, every host
+    that switched goes back to what it served before."""
     domain = run.job.domain
     previous = await _on_each(targets, lambda t: t.host.current_release(domain))
     # Hosts that were not serving this release before this job (the ones to undo).
@@ -219,6 +264,9 @@ async def _activate_and_check(
     try:
         async with run.phase("activate", "activating"):
             await _on_each(targets, lambda t: t.host.activate(domain, release_id))
+        if rules is not None and rules.changed:
+            async with run.phase("nginx_reload"):
+                await rules.go_live(settings.nginx_reload_timeout)
         async with run.phase("health_check"):
             await _check_everywhere(targets, domain, release_id, settings)
     except SitefleetError as exc:
@@ -298,64 +346,6 @@ async def _prune(targets: Sequence[Target], domain: str, keep: int) -> None:
                 "old releases pruned",
                 extra={"domain": domain, "host": target.name, "releases": removed},
             )
-
-
-async def _build(
-    job: DeploymentRequested, pack: TemplatePack, out_dir: Path, settings: DeployerSettings
-) -> None:
-    """Render, run the pack's build steps (if any), then check what is to be released."""
-    steps = parse_build_steps(pack.build)
-    try:
-        await asyncio.to_thread(_fresh_dir, out_dir.parent)
-        await asyncio.to_thread(
-            render_site,
-            pack,
-            job.params,
-            domain=job.domain,
-            release_id=job.deployment_id,
-            out_dir=out_dir,
-            max_files=settings.max_release_files,
-            max_bytes=settings.max_release_bytes,
-        )
-        if steps:
-            await build_sandbox(settings).run_steps(
-                steps, site_dir=out_dir, src_dir=pack.source_dir.resolve()
-            )
-        await asyncio.to_thread(
-            check_output,
-            out_dir,
-            max_files=settings.max_release_files,
-            max_bytes=settings.max_release_bytes,
-        )
-    except OSError as exc:
-        raise Transient(
-            f"writing the build of {job.domain} failed: {exc}", code="build_io_failed"
-        ) from exc
-
-
-def build_sandbox(settings: DeployerSettings) -> BuildSandbox:
-    return BuildSandbox(
-        limits=SandboxLimits(
-            timeout=settings.build_timeout,
-            memory_bytes=settings.build_memory_bytes,
-            max_processes=settings.build_max_processes,
-            max_file_bytes=settings.build_max_file_bytes,
-            cpu_seconds=settings.build_cpu_seconds,
-            output_limit=settings.build_output_limit,
-            max_site_files=settings.max_release_files,
-            max_site_bytes=settings.max_release_bytes,
-            watch_interval=settings.build_watch_interval,
-        ),
-        uid_base=settings.build_uid_base,
-        uid_count=settings.build_uid_count,
-        lock_dir=settings.build_uid_lock_dir,
-        bwrap=settings.bwrap_path,
-    )
-
-
-def _fresh_dir(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True)
 
 
 class _Run:

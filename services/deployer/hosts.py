@@ -23,6 +23,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from services.deployer.nginx import valid_listen
 from services.deployer.release import HostTransport, LocalHost
 from services.deployer.settings import DeployerSettings
 from services.deployer.target import Target
@@ -94,6 +95,8 @@ async def add_host(
     objects_root: str | None,
     http: tuple[str, int],
     public_addresses: Sequence[str],
+    nginx_command: Sequence[str] | None = None,
+    nginx_listen: str | None = None,
 ) -> WebHost:
     """Register a web host (``ssh`` None: a local one). For SSH hosts, ``host_key`` is the
     key fetched from the server (``fetch_host_key``), pinned from now on."""
@@ -102,6 +105,10 @@ async def add_host(
     for root in (sites_root, objects_root):
         if root is not None and not PurePosixPath(root).is_absolute():
             raise Invalid(f"{root!r} is not an absolute path", code="invalid_path")
+    if nginx_command:
+        nginx_listen = nginx_listen or f"{http[0]}:{http[1]}"
+    if nginx_listen is not None and not valid_listen(nginx_listen):
+        raise Invalid(f"nginx listen address {nginx_listen!r} is not port, addr:port or [v6]:port")
     if ssh is not None and (key_path is None or host_key is None):
         raise Invalid("an SSH host needs a client key and its pinned host key")
     if await session.scalar(select(WebHost.id).where(WebHost.name == name)) is not None:
@@ -120,6 +127,8 @@ async def add_host(
         http_host=http[0],
         http_port=http[1],
         public_addresses=list(public_addresses),
+        nginx_command=list(nginx_command) if nginx_command else None,
+        nginx_listen=nginx_listen,
         enabled=True,
     )
     session.add(host)
@@ -261,9 +270,10 @@ def build_transport(row: WebHost, settings: DeployerSettings) -> HostTransport:
             max_links=settings.object_max_links,
         )
         local.name = row.name
+        local.configure_nginx(row.nginx_command, row.nginx_listen, settings.nginx_reload_window)
         return local
     assert row.ssh_address and row.ssh_user and row.ssh_key_path and row.host_key
-    return SshHost(
+    remote = SshHost(
         row.name,
         address=row.ssh_address,
         port=row.ssh_port or 22,
@@ -280,3 +290,5 @@ def build_transport(row: WebHost, settings: DeployerSettings) -> HostTransport:
         keepalive_count_max=settings.ssh_keepalive_count_max,
         max_channels=settings.ssh_max_channels,
     )
+    remote.configure_nginx(row.nginx_command, row.nginx_listen, settings.nginx_reload_window)
+    return remote

@@ -4,6 +4,8 @@ shipped with the SSH host agent, so both sides read and write exactly the same t
     <sites_root>/<domain>/releases/<release_id>/   a release (hardlinks into the store)
     <sites_root>/<domain>/releases/.tmp-<id>/      a release being built (renamed when whole)
     <sites_root>/<domain>/current -> releases/<id> what nginx serves
+    <sites_root>/.nginx/<domain>.conf              the site's nginx rules, if its template
+                                                   has a rule profile (nginx_rules.py)
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ RELEASES = "releases"
 TMP_PREFIX = ".tmp-"
 # The store's default place: beside the sites (same filesystem), a name no domain can have.
 OBJECTS = ".objects"
+# Per-site nginx rules (nginx_rules.py), included by the catch-all config; no domain's name.
+RULES = ".nginx"
 
 
 def read_current(current: Path) -> str | None:

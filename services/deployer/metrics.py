@@ -1,4 +1,5 @@
-"""The deployer's Prometheus metrics: deployments by outcome, phase durations, bytes sent."""
+"""The deployer's Prometheus metrics: deployments by outcome, phase durations, bytes sent,
+nginx reloads."""
 
 from __future__ import annotations
 
@@ -19,6 +20,12 @@ PHASE_SECONDS = Histogram(
 )
 UPLOADED_BYTES = Counter(
     "sitefleet_deployment_uploaded_bytes_total", "Bytes written to web hosts by deployments"
+)
+
+NGINX_RELOADS = Counter(
+    "sitefleet_nginx_reloads_total",
+    "nginx reloads asked of web hosts (per-site rules changed), after coalescing",
+    ["host"],
 )
 
 

@@ -30,7 +30,8 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from services.deployer.layout import (
@@ -43,6 +44,8 @@ from services.deployer.layout import (
     make_dirs,
     read_current,
 )
+from services.deployer.nginx import ReloadCoalescer
+from services.deployer.nginx_rules import RulesRefused, reload_nginx, write_rules
 from services.deployer.objects import (
     DIR_MODE,
     EXT4_LINK_MAX,
@@ -53,7 +56,7 @@ from services.deployer.objects import (
 )
 from services.deployer.settings import DeployerSettings
 from shared.domains import normalize_domain
-from shared.errors import Invalid, NotFound, Transient
+from shared.errors import Invalid, NotFound, Permanent, Transient
 from shared.messages import DeploymentStats
 
 
@@ -70,10 +73,44 @@ def check_release_id(release_id: str) -> str:
     return release_id
 
 
+@dataclass(frozen=True)
+class RulesChange:
+    """What ``HostTransport.set_rules`` did: whether the file changed, and what it held."""
+
+    changed: bool
+    previous: str | None
+
+
 class HostTransport(abc.ABC):
     """One web host, as the deploy pipeline sees it."""
 
     name: str
+    # The host's nginx, for per-site rules (nginx_rules.py): the command that runs it as
+    # argv ("-t -q" / "-s reload" are appended) and the address its catch-all server listens
+    # on. None: this host serves plain sites only.
+    nginx_command: list[str] | None = None
+    nginx_listen: str | None = None
+    # Seconds: the host's nginx reloads at most once per window (nginx.ReloadCoalescer).
+    reload_window: float = 2.0
+    _reloads: ReloadCoalescer | None = None
+
+    @property
+    def reloads(self) -> ReloadCoalescer:
+        if self._reloads is None:
+            self._reloads = ReloadCoalescer(
+                self.reload_nginx, host=self.name, window=self.reload_window
+            )
+        return self._reloads
+
+    def configure_nginx(
+        self, command: Sequence[str] | None, listen: str | None, reload_window: float
+    ) -> None:
+        self.nginx_command = list(command) if command else None
+        self.nginx_listen, self.reload_window = listen, reload_window
+
+    @abc.abstractmethod
+    def site_root(self, domain: str) -> str:
+        """The directory nginx serves for ``domain`` on the host (its ``current``)."""
 
     @abc.abstractmethod
     async def upload(self, domain: str, release_id: str, src_dir: Path) -> DeploymentStats:
@@ -108,6 +145,25 @@ class HostTransport(abc.ABC):
     async def remove_site(self, domain: str) -> None:
         """Stop serving the site at once, then delete all its files. Idempotent."""
 
+    @abc.abstractmethod
+    async def set_rules(self, domain: str, rules: str | None) -> RulesChange:
+        """Make the site's nginx rules ``rules`` (None: none), if ``nginx -t`` accepts
+        them; not live until ``reload_nginx``. ``Permanent`` ``nginx_config_invalid``
+        (the previous rules are back) or ``nginx_rules_unsupported`` (no nginx command)."""
+
+    @abc.abstractmethod
+    async def reload_nginx(self) -> None:
+        """Reload the host's nginx now (the deploy pipeline goes through ``reloads``)."""
+
+    def _nginx(self) -> list[str]:
+        if not self.nginx_command:
+            raise Permanent(
+                f"web host {self.name} has no nginx command configured: it cannot take "
+                "per-site nginx rules",
+                code="nginx_rules_unsupported",
+            )
+        return self.nginx_command
+
 
 @contextlib.contextmanager
 def _host_io(action: str, domain: str) -> Iterator[None]:
@@ -138,14 +194,21 @@ class LocalHost(HostTransport):
 
     @classmethod
     def from_settings(cls, settings: DeployerSettings) -> LocalHost:
-        return cls(
+        host = cls(
             settings.sites_root,
             objects_root=settings.objects_root,
             max_links=settings.object_max_links,
         )
+        host.configure_nginx(
+            settings.nginx_command, settings.local_nginx_listen, settings.nginx_reload_window
+        )
+        return host
 
     def _site_dir(self, domain: str) -> Path:
         return self.sites_root / check_domain(domain)
+
+    def site_root(self, domain: str) -> str:
+        return str(self._site_dir(domain) / CURRENT)
 
     def _release_dir(self, domain: str, release_id: str) -> Path:
         return self._site_dir(domain) / RELEASES / check_release_id(release_id)
@@ -267,3 +330,24 @@ class LocalHost(HostTransport):
             return
         if site_dir.exists():
             self._delete_trees([site_dir])
+
+    async def set_rules(self, domain: str, rules: str | None) -> RulesChange:
+        check_domain(domain)
+        command = self._nginx()
+        try:
+            with _host_io("writing nginx rules", domain):
+                changed, previous = await asyncio.to_thread(
+                    write_rules, self.sites_root, domain, rules, command
+                )
+        except RulesRefused as exc:
+            raise Permanent(
+                f"writing nginx rules for {domain} on web host {self.name}: {exc}; "
+                "the previous rules are back",
+                code="nginx_config_invalid",
+            ) from None
+        return RulesChange(changed=changed, previous=previous)
+
+    async def reload_nginx(self) -> None:
+        command = self._nginx()
+        with _host_io("reloading nginx", self.name):
+            await asyncio.to_thread(reload_nginx, self.sites_root, command)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from pydantic import Field
 
 from shared.settings import PROJECT_ROOT, CommonSettings, WebHostSettings
+
+NGINX_PROFILES_DIR = PROJECT_ROOT / "infra" / "nginx" / "profiles"
 
 
 class DeployerSettings(CommonSettings, WebHostSettings):
@@ -34,10 +37,12 @@ class DeployerSettings(CommonSettings, WebHostSettings):
     # Seconds between checks of a running step's site against the release limits.
     build_watch_interval: float = 0.5
     # Each running step gets a uid of its own from [base, base + count), claimed with a lock
-    # file in build_uid_lock_dir (shared by every deployer process on the machine).
+    # file in build_uid_lock_dir, shared by every deployer process on the machine whatever
+    # checkout it runs from (a build's uid is killed whole after its step: two deployers
+    # holding one uid would kill each other's builds).
     build_uid_base: int = 200_000
     build_uid_count: int = 32
-    build_uid_lock_dir: Path = PROJECT_ROOT / "var" / "build-uids"
+    build_uid_lock_dir: Path = Path(tempfile.gettempdir()) / "sitefleet-build-uids"
     bwrap_path: Path = Path("/usr/bin/bwrap")
     # Seconds a stopping process waits for in-flight jobs before it closes anyway
     # (unacked jobs go back to the queue and another deployer picks them up).
@@ -67,3 +72,18 @@ class DeployerSettings(CommonSettings, WebHostSettings):
     # Operations in flight at once on one host's pooled connection (sshd's MaxSessions,
     # 10 by default, must allow at least this many).
     ssh_max_channels: int = 8
+    # The local web host's nginx, for templates with a rule profile (services/deployer/
+    # nginx.py): argv that runs it, e.g. ["nginx", "-p", PREFIX, "-c", CONF] ("-t -q" and
+    # "-s reload" are appended); None: plain sites only. Its catch-all's listen address
+    # (None: http_host:http_port). A host reloads at most once per window (seconds).
+    nginx_command: list[str] | None = None
+    nginx_listen: str | None = None
+    nginx_reload_window: float = 2.0
+    # Seconds a host's nginx may take to serve new rules after its reload.
+    nginx_reload_timeout: float = 15.0
+    # Where the rule profiles' server blocks are (<profile>.conf).
+    nginx_profiles_dir: Path = NGINX_PROFILES_DIR
+
+    @property
+    def local_nginx_listen(self) -> str:
+        return self.nginx_listen or f"{self.http_host}:{self.http_port}"

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from cli.devstack import procs
-from cli.devstack.nginx import start_nginx
+from cli.devstack.nginx import nginx_command, start_nginx
 from services.deployer.release import LocalHost
 from services.deployer.settings import DeployerSettings
 from shared.template_packs import TemplateCatalog
@@ -57,6 +57,18 @@ DEMO_FILES = {
     "assets/style.css": "body { color: #333; }\n",
 }
 
+# A single-page app: client-side routes, one hashed asset; needs the "spa" nginx profile.
+SPA_ASSET = "assets/app.0f1e2d3c4b5a6978.js"
+SPA_FILES = {
+    "index.html.j2": (
+        "<!doctype html>\n<html><head><title>{{ params.title }}</title>\n"
+        '<meta name="sitefleet-release" content="{{ release.id }}">\n'
+        f'<script src="/{SPA_ASSET}" defer></script></head>\n'
+        "<body><h1>{{ params.title }}</h1><div id=app></div></body></html>\n"
+    ),
+    SPA_ASSET: "document.getElementById('app').textContent = location.pathname;\n",
+}
+
 # Renders fine but has no front page: nginx cannot serve "/" for it.
 NO_INDEX_FILES = {"about.html.j2": "<h1>{{ params.title }}</h1>\n"}
 
@@ -68,6 +80,7 @@ def write_pack(
     *,
     version: str = "1.0.0",
     schema: dict[str, object] | None = None,
+    nginx_profile: str = "static",
 ) -> Path:
     root = templates_dir / name / version
     (root / "src").mkdir(parents=True)
@@ -78,6 +91,7 @@ def write_pack(
         "description": "A pack made by the deployer tests.",
         "params_schema": schema or DEMO_SCHEMA,
         "preview_params": {"title": "Preview"},
+        "nginx_profile": nginx_profile,
     }
     (root / "manifest.json").write_text(json.dumps(manifest))
     for rel, content in files.items():
@@ -95,6 +109,7 @@ def templates_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("templates")
     write_pack(root, "demo", {**DEMO_FILES, "assets/logo.bin": LOGO})
     write_pack(root, "noindex", NO_INDEX_FILES)
+    write_pack(root, "app", SPA_FILES, nginx_profile="spa")
     return root
 
 
@@ -116,13 +131,16 @@ def sites_root() -> Iterator[Path]:
 class Nginx:
     port: int
     proc: subprocess.Popen[bytes]
+    # argv running this nginx, for per-site rules (nginx -t, -s reload).
+    command: list[str]
 
 
 @pytest.fixture(scope="session")
 def nginx(tmp_path_factory: pytest.TempPathFactory, sites_root: Path) -> Iterator[Nginx]:
     port = procs.free_port()
-    proc = start_nginx(tmp_path_factory.mktemp("nginx"), port=port, sites_root=sites_root)
-    yield Nginx(port=port, proc=proc)
+    prefix = tmp_path_factory.mktemp("nginx")
+    proc = start_nginx(prefix, port=port, sites_root=sites_root)
+    yield Nginx(port=port, proc=proc, command=nginx_command(prefix))
     procs.stop(proc)
 
 

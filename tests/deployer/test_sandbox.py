@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from services.deployer.deploy import build_sandbox
+from services.deployer.build import build_sandbox
 from services.deployer.output_check import check_output
 from services.deployer.sandbox import BuildSandbox, BuildStep, StepResult, parse_build_steps
 from services.deployer.settings import DeployerSettings

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from cli.devstack import procs
-from services.deployer import layout, objects
+from services.deployer import layout, nginx_rules, objects
 from services.deployer import release as release_py
 from services.deployer.deploy import deploy
 from services.deployer.health import release_marker
@@ -376,13 +376,17 @@ def test_the_agent_lays_out_releases_as_release_py_does() -> None:
         release_py.TMP_PREFIX,
         release_py.OBJECTS,
     )
-    # Stdlib only: the agent imports nothing of Sitefleet but layout.py and objects.py, which
-    # are shipped with it.
-    for module in (host_agent, layout, objects):
+    # Stdlib only: the agent imports nothing of Sitefleet but the modules shipped with it.
+    shipped = {
+        "services.deployer.objects",
+        "services.deployer.layout",
+        "services.deployer.nginx_rules",
+    }
+    for module in (host_agent, layout, objects, nginx_rules):
         source = Path(str(module.__file__)).read_text()
         imports = re.findall(r"^(?:from|import) ([\w.]+)", source, re.MULTILINE)
         ours = {name for name in imports if name.split(".")[0] in {"services", "shared", "cli"}}
-        assert ours <= {"services.deployer.objects", "services.deployer.layout"}
+        assert ours <= shipped
 
 
 async def test_release_switches_through_ssh_are_atomic_for_visitors(

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cli.templates import VALIDATE_LIMITS
-from services.deployer.deploy import build_sandbox
+from services.deployer.build import build_sandbox
 from services.deployer.output_check import check_output
 from services.deployer.render import render_site
 from services.deployer.sandbox import parse_build_steps

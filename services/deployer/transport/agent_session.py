@@ -13,7 +13,7 @@ from typing import IO, Any
 
 import asyncssh
 
-from services.deployer import layout, objects
+from services.deployer import layout, nginx_rules, objects
 from services.deployer.objects import Entry
 from services.deployer.transport import host_agent
 from services.deployer.transport.host_agent import FRAME
@@ -144,7 +144,7 @@ class ObjectStream:
 @functools.cache
 def agent_modules() -> bytes:
     """What BOOTSTRAP reads first: the agent and the modules it imports, as source."""
-    modules = [objects, layout, host_agent]
+    modules = [objects, layout, nginx_rules, host_agent]
     parts = [f"{len(modules)}\n".encode()]
     for module in modules:
         source = Path(str(module.__file__)).read_bytes()

@@ -18,7 +18,8 @@ Wire protocol (stdin -> the agent, stdout -> the deployer)::
 
 A frame is a 4-byte big-endian length and that many bytes of UTF-8 JSON. Error kinds:
 ``not_found`` (no such release), ``invalid`` (a refused argument or manifest line),
-``corrupt`` (bytes that do not hash to their object), ``io`` (an OSError on the host).
+``corrupt`` (bytes that do not hash to their object), ``io`` (an OSError on the host),
+``rules_refused`` (``nginx -t`` refused a site's rules; the previous ones are back).
 Anything else is a bug: a traceback on stderr and exit status 1.
 """
 
@@ -46,6 +47,7 @@ from services.deployer.layout import (
     make_dirs,
     read_current,
 )
+from services.deployer.nginx_rules import RulesRefused, reload_nginx, write_rules
 from services.deployer.objects import (
     DIR_MODE,
     STORE_DIR_MODE,
@@ -103,6 +105,8 @@ def main() -> None:
         result = serve(request, stdin, stdout)
     except ReleaseMissing as exc:
         reply: dict[str, Any] = {"error": {"kind": "not_found", "message": str(exc)}}
+    except RulesRefused as exc:
+        reply = {"error": {"kind": "rules_refused", "message": str(exc)}}
     except CorruptObject as exc:
         reply = {"error": {"kind": "corrupt", "message": str(exc)}}
     except OSError as exc:
@@ -135,6 +139,10 @@ def serve(request: dict[str, Any], stdin: IO[bytes], stdout: IO[bytes]) -> Any:
         "prune": lambda: sites.prune(request["domain"], int(request["keep"])),
         "remove_site": lambda: sites.remove_site(request["domain"]),
         "collect_garbage": sites.collect_garbage,
+        "set_rules": lambda: sites.set_rules(
+            request["domain"], request["rules"], request["nginx_command"]
+        ),
+        "reload_nginx": lambda: reload_nginx(sites.sites_root, _argv(request["nginx_command"])),
     }
     if op not in handlers:
         raise ValueError(f"unknown operation {op!r}")
@@ -268,6 +276,14 @@ class SiteFiles:
         elif site_dir.exists():
             self._delete_trees([site_dir])
 
+    def set_rules(self, domain: str, rules: object, nginx_command: object) -> dict[str, Any]:
+        if rules is not None and not isinstance(rules, str):
+            raise ValueError("rules must be text or null")
+        changed, previous = write_rules(
+            self.sites_root, self._site_dir(domain).name, rules, _argv(nginx_command)
+        )
+        return {"changed": changed, "previous": previous}
+
     def collect_garbage(self) -> list[str]:
         return self.store.collect()
 
@@ -276,6 +292,12 @@ class SiteFiles:
         for tree in trees:
             shutil.rmtree(tree)
         self.store.collect(freed)
+
+
+def _argv(value: object) -> list[str]:
+    if not isinstance(value, list) or not value or not all(isinstance(a, str) for a in value):
+        raise ValueError("nginx_command must be a non-empty list of strings")
+    return value
 
 
 def _read_exact(stream: IO[bytes], size: int) -> bytes:

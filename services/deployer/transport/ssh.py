@@ -24,8 +24,14 @@ from typing import Any
 
 import asyncssh
 
+from services.deployer.layout import CURRENT
 from services.deployer.objects import EXT4_LINK_MAX, Entry, UnsafeEntry, build_manifest
-from services.deployer.release import HostTransport, check_domain, check_release_id
+from services.deployer.release import (
+    HostTransport,
+    RulesChange,
+    check_domain,
+    check_release_id,
+)
 from services.deployer.settings import DeployerSettings
 from services.deployer.transport.agent_session import (
     AgentDied,
@@ -34,7 +40,7 @@ from services.deployer.transport.agent_session import (
     agent_modules,
 )
 from services.deployer.transport.host_agent import BOOTSTRAP, encode_frame
-from shared.errors import Invalid, NotFound, SitefleetError, Transient
+from shared.errors import Invalid, NotFound, Permanent, SitefleetError, Transient
 from shared.messages import DeploymentStats
 
 
@@ -167,6 +173,17 @@ class SshHost(HostTransport):
     async def remove_site(self, domain: str) -> None:
         await self._call("remove_site", domain)
 
+    def site_root(self, domain: str) -> str:
+        return str(PurePosixPath(self.sites_root) / check_domain(domain) / CURRENT)
+
+    async def set_rules(self, domain: str, rules: str | None) -> RulesChange:
+        command = self._nginx()
+        done = await self._call("set_rules", domain, rules=rules, nginx_command=command)
+        return RulesChange(changed=bool(done["changed"]), previous=done["previous"])
+
+    async def reload_nginx(self) -> None:
+        await self._call("reload_nginx", None, nginx_command=self._nginx())
+
     async def collect_garbage(self) -> list[str]:
         """Scan the host's whole store for objects no release uses (see ``LocalHost``)."""
         removed: list[str] = await self._call("collect_garbage", None)
@@ -278,4 +295,6 @@ def _domain_error(where: str, exc: AgentError) -> SitefleetError:
         return Transient(message, code="host_io_failed")
     if exc.kind == "invalid":
         return Invalid(message, code="refused_by_host")
+    if exc.kind == "rules_refused":  # the previous rules are back on the host
+        return Permanent(f"{message}; the previous rules are back", code="nginx_config_invalid")
     return Transient(message, code="host_agent_failed")

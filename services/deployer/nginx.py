@@ -1,0 +1,224 @@
+"""The deployer's side of per-site nginx rules: a site's server block rendered from its
+template's rule profile (``infra/nginx/profiles/<profile>.conf``), and nginx reloads
+coalesced per web host.
+
+Content never needs a reload (the catch-all server follows ``current``); rules do, and only
+when they change: the first deployment of a site with a profile, a profile change, the
+site's removal. Those reloads are coalesced so a host reloads at most once per window,
+however many sites change rules at once (a reload restarts nginx's workers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+from typing import TYPE_CHECKING
+
+import httpx
+
+from services.deployer.metrics import NGINX_RELOADS
+from shared.errors import Permanent, SitefleetError, Transient
+from shared.template_packs import NGINX_PROFILES
+
+if TYPE_CHECKING:  # release.py (and target.py through it) import this module
+    from services.deployer.release import HostTransport
+    from services.deployer.target import Target
+
+log = logging.getLogger(__name__)
+
+# Every profile's server block answers its digest here (see SiteRules).
+RULES_CHECK_PATH = "/.well-known/sitefleet-rules"
+
+# nginx `listen` forms ops configure for a host: port, addr:port, [v6]:port.
+_LISTEN = re.compile(r"^(?:[0-9a-z.-]+:|\[[0-9a-f:]+\]:)?[0-9]{1,5}$")
+
+
+def valid_listen(listen: str) -> bool:
+    return bool(_LISTEN.match(listen))
+
+
+class _ConfigTemplate(Template):
+    """``@{name}`` placeholders: nginx's own ``$variables`` pass through untouched."""
+
+    delimiter = "@"
+
+
+@dataclass(frozen=True)
+class SiteRules:
+    """A site's rendered server block, and the digest it answers at ``RULES_CHECK_PATH``
+    once nginx has loaded it (how the deployer knows a reload took effect)."""
+
+    text: str
+    digest: str
+
+
+def render_rules(
+    profile: str, *, domain: str, root: str, listen: str | None, profiles_dir: Path
+) -> SiteRules | None:
+    """The server block of ``domain`` under ``profile``, or None for ``static`` (no rules:
+    the catch-all server). ``domain`` is normalized (``release.check_domain``) and
+    ``root``/``listen`` come from the host's configuration, never from a customer."""
+    if profile not in NGINX_PROFILES:
+        raise Permanent(f"nginx profile {profile!r} is unknown", code="unknown_nginx_profile")
+    if profile == "static":
+        return None
+    if listen is None or not valid_listen(listen):
+        raise Permanent(
+            f"the site's template needs nginx rules (profile {profile!r}) but its web host has "
+            f"no usable nginx listen address ({listen!r}): set one for the host",
+            code="nginx_rules_unsupported",
+        )
+    source = (profiles_dir / f"{profile}.conf").read_text()
+    if "@{digest}" not in source:
+        raise Permanent(
+            f"nginx profile {profile!r} lacks the {RULES_CHECK_PATH} location answering "
+            "@{digest}",
+            code="nginx_profile_invalid",
+        )
+    values = {"domain": domain, "root": root, "listen": listen}
+    digest = hashlib.sha256(json.dumps([source, values]).encode()).hexdigest()[:16]
+    return SiteRules(_ConfigTemplate(source).substitute(values, digest=digest), digest)
+
+
+async def wait_until_loaded(
+    target: Target, domain: str, digest: str, *, within: float, interval: float = 0.05
+) -> None:
+    """Return once the host's nginx answers ``digest`` for ``domain`` (``nginx -s reload``
+    only signals the master; its new workers start a moment later)."""
+    url = f"http://{target.http_host}:{target.http_port}{RULES_CHECK_PATH}"
+    seen = "nothing"
+    async with httpx.AsyncClient(timeout=interval * 20) as client:
+        try:
+            async with asyncio.timeout(within):
+                while True:
+                    try:
+                        response = await client.get(url, headers={"Host": domain})
+                        seen = f"{response.status_code} {response.text.strip()[:40]!r}"
+                        if response.status_code == 200 and response.text.strip() == digest:
+                            return
+                    except httpx.HTTPError as exc:
+                        seen = f"{type(exc).__name__}"
+                    await asyncio.sleep(interval)
+        except TimeoutError:
+            raise Transient(
+                f"web host {target.name}: nginx did not load the new rules of {domain} within "
+                f"{within} s (last answer: {seen})",
+                code="nginx_reload_not_seen",
+            ) from None
+
+
+class ReloadCoalescer:
+    """Reloads of one host's nginx, at most one per ``window`` seconds: requests made while
+    a reload waits its turn share it; a request made while a reload runs (whose config may
+    predate the request) gets the next one. Each requester sees its reload's error."""
+
+    def __init__(
+        self,
+        reload: Callable[[], Awaitable[None]],
+        *,
+        host: str,
+        window: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._reload = reload
+        self.host, self.window, self._clock = host, window, clock
+        self._next: asyncio.Future[None] | None = None
+        self._turn = asyncio.Lock()
+        self._last_start = -math.inf
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.reloads = 0
+
+    async def request(self) -> None:
+        """Return once a reload that started after this call has finished."""
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+            task = asyncio.create_task(self._run(self._next))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        # A cancelled requester leaves the reload to the others.
+        await asyncio.shield(self._next)
+
+    async def _run(self, done: asyncio.Future[None]) -> None:
+        async with self._turn:
+            wait = self._last_start + self.window - self._clock()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._next = None  # later requests need a reload that starts after now
+            self._last_start = self._clock()
+            self.reloads += 1
+            NGINX_RELOADS.labels(host=self.host).inc()
+            try:
+                await self._reload()
+            except BaseException as exc:
+                done.set_exception(exc)
+                done.exception()  # retrieved, whether or not a requester still waits
+                if not isinstance(exc, Exception):
+                    raise
+            else:
+                done.set_result(None)
+
+
+class StagedRules:
+    """Rules a deployment changed on its hosts, and how to undo that."""
+
+    def __init__(self, domain: str) -> None:
+        self.domain = domain
+        self.previous: dict[str, tuple[Target, str | None]] = {}
+        # The digest each changed host answers once it serves the new rules (None: removed).
+        self.digests: dict[str, str | None] = {}
+
+    def record(self, target: Target, previous: str | None, rules: SiteRules | None) -> None:
+        self.previous[target.name] = (target, previous)
+        self.digests[target.name] = rules.digest if rules else None
+
+    @property
+    def changed(self) -> list[Target]:
+        return [target for target, _ in self.previous.values()]
+
+    async def go_live(self, within: float) -> None:
+        """Reload the changed hosts' nginx (coalesced) and wait until each serves the
+        new rules."""
+
+        async def on(target: Target) -> None:
+            await target.host.reloads.request()
+            digest = self.digests[target.name]
+            if digest is not None:
+                await wait_until_loaded(target, self.domain, digest, within=within)
+
+        results = await asyncio.gather(
+            *(on(target) for target in self.changed), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def put_back(self) -> None:
+        """Each changed host gets its old rules back, live at its next reload. Best effort:
+        the deployment is failing already, and old rules only ever point at ``current``."""
+        for target, rules in self.previous.values():
+            try:
+                await target.host.set_rules(self.domain, rules)
+                await target.host.reloads.request()
+            except SitefleetError as exc:
+                log.warning(
+                    "putting the old nginx rules back failed",
+                    extra={"domain": self.domain, "host": target.name, "error": exc.message},
+                )
+
+
+async def remove_rules(host: HostTransport, domain: str) -> None:
+    """The removed site's rules, if it had any, gone from the host and from its nginx."""
+    if not host.nginx_command:
+        return
+    change = await host.set_rules(domain, None)
+    if change.changed:
+        await host.reloads.request()
