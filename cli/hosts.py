@@ -25,6 +25,8 @@ async def add(
     objects_root: str | None,
     http: str | None,
     public_addresses: Sequence[str],
+    nginx_command: Sequence[str] | None = None,
+    nginx_listen: str | None = None,
 ) -> WebHost:
     """Register a host. An SSH host's key is fetched from it now and pinned, and logging in
     with ``key`` is tried: an unreachable host, or one that refuses the key, is not added."""
@@ -59,6 +61,8 @@ async def add(
                 objects_root=objects_root,
                 http=hosts.parse_http(http or default_http),
                 public_addresses=list(public_addresses) or default_public,
+                nginx_command=nginx_command,
+                nginx_listen=nginx_listen,
             )
     finally:
         await engine.dispose()

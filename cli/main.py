@@ -4,6 +4,7 @@ imports it)."""
 from __future__ import annotations
 
 import asyncio
+import shlex
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, TypeVar
@@ -236,6 +237,17 @@ def host_add(
     public_address: Annotated[
         list[str] | None, typer.Option(help="an address published in DNS (repeatable)")
     ] = None,
+    nginx_command: Annotated[
+        str | None,
+        typer.Option(
+            help="how to run the host's nginx, e.g. 'sudo -n /usr/sbin/nginx' (-t and "
+            "-s reload are appended); needed for templates with nginx rules (spa)"
+        ),
+    ] = None,
+    nginx_listen: Annotated[
+        str | None,
+        typer.Option(help="the catch-all server's listen, e.g. 80 (default: the --http address)"),
+    ] = None,
 ) -> None:
     """Register a web host. An SSH host's key is fetched now and pinned; a host that does
     not answer (or refuses the key) is not added."""
@@ -258,6 +270,8 @@ def host_add(
                 objects_root=objects_root,
                 http=http,
                 public_addresses=public_address or [],
+                nginx_command=shlex.split(nginx_command) if nginx_command else None,
+                nginx_listen=nginx_listen,
             )
         )
     except SitefleetError as exc:
