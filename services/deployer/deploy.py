@@ -232,8 +232,7 @@ async def _stage_rules(
         if rules is None and not target.host.nginx_command:
             return  # a plain site on a host without rules: nothing to remove
         change = await target.host.set_rules(domain, rules.text if rules else None)
-        if change.changed:
-            staged.record(target, change.previous, rules)
+        staged.record(target, change.changed, change.previous, rules)
 
     async with run.phase("nginx_rules"):
         try:
@@ -264,9 +263,10 @@ async def _activate_and_check(
     try:
         async with run.phase("activate", "activating"):
             await _on_each(targets, lambda t: t.host.activate(domain, release_id))
-        if rules is not None and rules.changed:
+        stale = await rules.hosts_to_reload() if rules is not None else []
+        if rules is not None and stale:
             async with run.phase("nginx_reload"):
-                await rules.go_live(settings.nginx_reload_timeout)
+                await rules.go_live(stale, settings.nginx_reload_timeout)
         async with run.phase("health_check"):
             await _check_everywhere(targets, domain, release_id, settings)
     except SitefleetError as exc:

@@ -89,24 +89,33 @@ def render_rules(
     return SiteRules(_ConfigTemplate(source).substitute(values, digest=digest), digest)
 
 
+async def serves_rules(
+    target: Target, domain: str, digest: str, client: httpx.AsyncClient
+) -> str | None:
+    """None if the host's nginx answers ``digest`` for ``domain``, else what it answered."""
+    url = f"http://{target.http_host}:{target.http_port}{RULES_CHECK_PATH}"
+    try:
+        response = await client.get(url, headers={"Host": domain})
+    except httpx.HTTPError as exc:
+        return type(exc).__name__
+    if response.status_code == 200 and response.text.strip() == digest:
+        return None
+    return f"{response.status_code} {response.text.strip()[:40]!r}"
+
+
 async def wait_until_loaded(
     target: Target, domain: str, digest: str, *, within: float, interval: float = 0.05
 ) -> None:
     """Return once the host's nginx answers ``digest`` for ``domain`` (``nginx -s reload``
     only signals the master; its new workers start a moment later)."""
-    url = f"http://{target.http_host}:{target.http_port}{RULES_CHECK_PATH}"
-    seen = "nothing"
+    seen: str | None = "nothing"
     async with httpx.AsyncClient(timeout=interval * 20) as client:
         try:
             async with asyncio.timeout(within):
                 while True:
-                    try:
-                        response = await client.get(url, headers={"Host": domain})
-                        seen = f"{response.status_code} {response.text.strip()[:40]!r}"
-                        if response.status_code == 200 and response.text.strip() == digest:
-                            return
-                    except httpx.HTTPError as exc:
-                        seen = f"{type(exc).__name__}"
+                    seen = await serves_rules(target, domain, digest, client)
+                    if seen is None:
+                        return
                     await asyncio.sleep(interval)
         except TimeoutError:
             raise Transient(
@@ -168,35 +177,44 @@ class ReloadCoalescer:
 
 
 class StagedRules:
-    """Rules a deployment changed on its hosts, and how to undo that."""
+    """A deployment's rules on its hosts: which files it changed (and how to undo that),
+    and the digest each host must answer once its nginx serves them."""
 
     def __init__(self, domain: str) -> None:
         self.domain = domain
         self.previous: dict[str, tuple[Target, str | None]] = {}
-        # The digest each changed host answers once it serves the new rules (None: removed).
-        self.digests: dict[str, str | None] = {}
+        self.expected: dict[str, tuple[Target, str | None]] = {}
 
-    def record(self, target: Target, previous: str | None, rules: SiteRules | None) -> None:
-        self.previous[target.name] = (target, previous)
-        self.digests[target.name] = rules.digest if rules else None
+    def record(
+        self, target: Target, changed: bool, previous: str | None, rules: SiteRules | None
+    ) -> None:
+        if changed:
+            self.previous[target.name] = (target, previous)
+        if changed or rules is not None:
+            self.expected[target.name] = (target, rules.digest if rules else None)
 
-    @property
-    def changed(self) -> list[Target]:
-        return [target for target, _ in self.previous.values()]
+    async def hosts_to_reload(self) -> list[Target]:
+        """Hosts whose rules changed, and hosts whose unchanged rules their nginx does not
+        serve (a retry after a reload that was not seen: the file is already in place)."""
+        stale = []
+        async with httpx.AsyncClient(timeout=5) as client:
+            for name, (target, digest) in self.expected.items():
+                if name in self.previous:
+                    stale.append(target)
+                elif digest is not None and await serves_rules(target, self.domain, digest, client):
+                    stale.append(target)
+        return stale
 
-    async def go_live(self, within: float) -> None:
-        """Reload the changed hosts' nginx (coalesced) and wait until each serves the
-        new rules."""
+    async def go_live(self, hosts: list[Target], within: float) -> None:
+        """Reload those hosts' nginx (coalesced) and wait until each serves the rules."""
 
         async def on(target: Target) -> None:
             await target.host.reloads.request()
-            digest = self.digests[target.name]
+            _, digest = self.expected[target.name]
             if digest is not None:
                 await wait_until_loaded(target, self.domain, digest, within=within)
 
-        results = await asyncio.gather(
-            *(on(target) for target in self.changed), return_exceptions=True
-        )
+        results = await asyncio.gather(*(on(target) for target in hosts), return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
                 raise result

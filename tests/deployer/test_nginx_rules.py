@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from services.deployer.nginx import ReloadCoalescer, remove_rules
+from services.deployer.nginx import ReloadCoalescer, remove_rules, render_rules
 from services.deployer.nginx_rules import rules_path
 from services.deployer.release import LocalHost
 from services.deployer.settings import DeployerSettings
@@ -111,6 +111,29 @@ async def test_only_a_change_of_rules_reloads_nginx(
         assert f"<h1>Take {n}</h1>" in (await fetch(domain, "/app")).text
     assert rules_host.reloads.reloads == 1
     assert await settled_workers(nginx) == after_first
+
+
+async def test_rules_in_place_but_never_loaded_get_their_reload(
+    deployer: Deployer, rules_host: LocalHost, settings: DeployerSettings, fetch: Fetch
+) -> None:
+    # A retried job finds its rules file written by the first attempt, whose reload was
+    # never seen: the file is unchanged, yet the host still needs the reload.
+    domain = spa_domain()
+    rules = render_rules(
+        "spa",
+        domain=domain,
+        root=rules_host.site_root(domain),
+        listen=rules_host.nginx_listen,
+        profiles_dir=settings.nginx_profiles_dir,
+    )
+    assert rules is not None
+    assert (await rules_host.set_rules(domain, rules.text)).changed
+
+    final = await deployer(make_job(domain, template="app"))
+
+    assert isinstance(final, DeploymentSucceeded)
+    assert "nginx_reload" in [phase.name for phase in final.phases]
+    assert (await fetch(domain, "/app/settings")).status_code == 200
 
 
 async def test_reloads_of_many_new_sites_are_coalesced(
