@@ -150,10 +150,10 @@ async def test_prune_over_ssh_keeps_current_and_the_newest_and_collects_their_ob
         await host.upload(domain, release, src)
     await host.activate(domain, ids[0])  # a rollback to the oldest
 
-    execs = host.execs
+    requests = host.requests
     removed = await host.prune(domain, keep=3)
 
-    assert host.execs == execs + 1
+    assert host.requests == requests + 1
     assert removed == ids[1:3]
     assert await host.releases(domain) == [ids[0], ids[3], ids[4]]
     assert await host.current_release(domain) == ids[0]
@@ -174,12 +174,12 @@ async def test_collect_garbage_over_ssh_removes_objects_no_release_uses(
     orphan.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     orphan.write_bytes(content)  # in the store, linked by no release
 
-    execs = host.execs
+    requests = host.requests
     removed = await host.collect_garbage()
 
     assert key in removed
     assert not orphan.exists()
-    assert host.execs == execs + 1
+    assert host.requests == requests + 1
 
 
 async def test_remove_site_over_ssh_stops_serving_and_deletes_everything(
@@ -214,20 +214,21 @@ async def test_round_trips_do_not_grow_with_the_file_count(
     files = {f"p{n % 20}/{n}.txt": f"{tag} {n}\n" * 100 for n in range(2000)}
     write_tree(tmp_path / large, {**files, "index.html": tag})
 
-    before = host.execs
+    before = host.requests
     await host.upload(domain, small, tmp_path / small)
-    per_small = host.execs - before
-    before = host.execs
+    per_small = host.requests - before
+    before = host.requests
     stats = await host.upload(domain, large, tmp_path / large)
-    per_large = host.execs - before
-    before = host.execs
+    per_large = host.requests - before
+    before = host.requests
     await host.activate(domain, large)
-    per_activate = host.execs - before
+    per_activate = host.requests - before
 
     assert stats.uploaded_files == 2001
     assert per_small == per_large == 1
     assert per_activate == 1
     assert host.connects == 1  # one pooled connection for all of it
+    assert host.execs == 1  # and one agent, which served every request
     assert (await fetch(domain, "/p7/1987.txt")).text == files["p7/1987.txt"]
 
 
@@ -301,11 +302,37 @@ async def test_an_io_failure_on_the_host_is_transient_and_says_why(
     try:
         with pytest.raises(Transient) as info:
             await host.upload(domain, release, src)
+        # The failed upload may have left object bytes unread: that agent is not reused.
+        assert await host.current_release(domain) is None
     finally:
         await host.close()
     assert info.value.code == "host_io_failed"
     assert "Not a directory" in info.value.message
-    assert host.execs == 1
+    assert host.execs == 2
+
+
+async def test_one_agent_serves_request_after_request_and_refusals_keep_it(
+    host: SshHost, domain: str, tmp_path: Path
+) -> None:
+    release = new_id("dep")
+    src = write_tree(tmp_path / release, unique_site(release, uuid.uuid4().hex))
+    await host.upload(domain, release, src)
+    with pytest.raises(NotFound):  # a refused one-reply operation leaves the agent in step
+        await host.activate(domain, new_id("dep"))
+    await host.activate(domain, release)
+    assert await host.current_release(domain) == release
+    assert await host.releases(domain) == [release]
+    assert (host.requests, host.execs, host.connects) == (5, 1, 1)
+
+
+async def test_concurrent_operations_use_several_agents_then_reuse_them(
+    host: SshHost, domain: str, tmp_path: Path
+) -> None:
+    await asyncio.gather(*(host.releases(domain) for _ in range(4)))
+    started = host.execs
+    assert 1 <= started <= 4
+    await asyncio.gather(*(host.releases(domain) for _ in range(4)))
+    assert host.execs == started  # the pool's agents served the second round
 
 
 async def test_a_file_changed_after_its_manifest_fails_the_upload_transiently(

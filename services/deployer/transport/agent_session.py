@@ -1,5 +1,5 @@
-"""The deployer's end of one run of the host agent over an SSH channel: sending the agent and
-its request, reading its framed replies, streaming a release's missing objects."""
+"""The deployer's end of one host agent process over an SSH channel: sending the agent and
+its requests, reading its framed replies, streaming a release's missing objects."""
 
 from __future__ import annotations
 
@@ -38,10 +38,23 @@ class AgentDied(Exception):
 
 
 class AgentSession:
-    """The streams of one agent run."""
+    """The streams of one agent process, which serves one request after another."""
 
     def __init__(self, process: asyncssh.SSHClientProcess[bytes]) -> None:
         self._process = process
+
+    def alive(self) -> bool:
+        """Whether the agent can take another request (as far as can be seen from here)."""
+        process = self._process
+        return (
+            process.exit_status is None
+            and not process.stdout.at_eof()
+            and not process.channel.get_connection().is_closed()
+        )
+
+    def close(self) -> None:
+        """End the agent (closing the channel; the agent sees EOF, or SIGHUP)."""
+        self._process.close()
 
     async def send(self, data: bytes) -> bool:
         """False if the agent no longer reads (it has replied, or died: ``reply`` says)."""
@@ -60,8 +73,6 @@ class AgentSession:
                     break
         finally:
             reader.close()
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            self._process.stdin.write_eof()
 
     async def reply(self) -> dict[str, Any]:
         """The agent's next frame; ``AgentError`` if it is an error."""

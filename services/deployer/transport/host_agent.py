@@ -1,14 +1,16 @@
-"""The web host's side of the SSH transport: one run per operation, the same file work as
-``LocalHost`` (release.py) on the host's sites root and object store.
+"""The web host's side of the SSH transport: a process per pooled session that serves one
+request after another, doing the same file work as ``LocalHost`` (release.py) on the
+host's sites root and object store.
 
 Stdlib only. The host has no Sitefleet checkout: ``SshHost`` runs the host's
 ``python3 -I -c BOOTSTRAP`` (a fixed command line) and sends this module and ``objects.py``
-as source on stdin, then the request. Customer data (domains, release ids, paths of a
+as source on stdin, then requests. Customer data (domains, release ids, paths of a
 manifest) only ever travels in the JSON request, never on a command line.
 
 Wire protocol (stdin -> the agent, stdout -> the deployer)::
 
     stdin   b"<n>\\n" then n times b"<module name> <bytes>\\n" + source     (BOOTSTRAP reads)
+            then, as many times as the deployer likes (until it closes stdin):
             frame: request {"op": ..., "sites_root": ..., "objects_root": ..., ...}
             upload only, after the agent's "missing" frame: the missing objects' bytes,
             concatenated in the order asked, each exactly its manifest size
@@ -20,7 +22,9 @@ A frame is a 4-byte big-endian length and that many bytes of UTF-8 JSON. Error k
 ``not_found`` (no such release), ``invalid`` (a refused argument or manifest line),
 ``corrupt`` (bytes that do not hash to their object), ``io`` (an OSError on the host),
 ``rules_refused`` (``nginx -t`` refused a site's rules; the previous ones are back).
-Anything else is a bug: a traceback on stderr and exit status 1.
+Anything else is a bug: a traceback on stderr and exit status 1. After a failed upload
+other than ``corrupt`` the agent exits once it has replied (unread object bytes may be
+left in the stream).
 """
 
 from __future__ import annotations
@@ -88,34 +92,46 @@ def encode_frame(value: object) -> bytes:
     return FRAME.pack(len(data)) + data
 
 
-def read_frame(stream: IO[bytes]) -> Any:
-    (size,) = FRAME.unpack(_read_exact(stream, FRAME.size))
-    return json.loads(_read_exact(stream, size))
-
-
 def write_frame(stream: IO[bytes], value: object) -> None:
     stream.write(encode_frame(value))
     stream.flush()
 
 
 def main() -> None:
+    """Serve requests until the deployer closes stdin: one agent per pooled session, so
+    python3 starts and the modules arrive once, not once per operation."""
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
-    request = read_frame(stdin)
+    while True:
+        header = stdin.read(FRAME.size)
+        if not header:
+            return  # the deployer closed the session
+        if len(header) != FRAME.size:
+            raise EOFError("the deployer closed the stream inside a frame header")
+        (size,) = FRAME.unpack(header)
+        request = json.loads(_read_exact(stdin, size))
+        reply, in_step = answer(request, stdin, stdout)
+        write_frame(stdout, reply)
+        if not in_step:
+            return  # the stream's position is unknown: the deployer starts another agent
+
+
+def answer(request: dict[str, Any], stdin: IO[bytes], stdout: IO[bytes]) -> tuple[Any, bool]:
+    """The reply frame for ``request``, and whether the streams are still in step (an
+    upload that failed may have left object bytes unread: that session ends)."""
+    upload = request.get("op") == "upload"
     try:
         result = serve(request, stdin, stdout)
     except ReleaseMissing as exc:
-        reply: dict[str, Any] = {"error": {"kind": "not_found", "message": str(exc)}}
+        return {"error": {"kind": "not_found", "message": str(exc)}}, True
     except RulesRefused as exc:
-        reply = {"error": {"kind": "rules_refused", "message": str(exc)}}
-    except CorruptObject as exc:
-        reply = {"error": {"kind": "corrupt", "message": str(exc)}}
+        return {"error": {"kind": "rules_refused", "message": str(exc)}}, True
+    except CorruptObject as exc:  # raised only after the whole stream was read
+        return {"error": {"kind": "corrupt", "message": str(exc)}}, True
     except OSError as exc:
-        reply = {"error": {"kind": "io", "message": str(exc)}}
+        return {"error": {"kind": "io", "message": str(exc)}}, not upload
     except ValueError as exc:
-        reply = {"error": {"kind": "invalid", "message": str(exc)}}
-    else:
-        reply = {"ok": result}
-    write_frame(stdout, reply)
+        return {"error": {"kind": "invalid", "message": str(exc)}}, not upload
+    return {"ok": result}, True
 
 
 def serve(request: dict[str, Any], stdin: IO[bytes], stdout: IO[bytes]) -> Any:

@@ -1,11 +1,13 @@
 """Web hosts reached over SSH: ``SshHost`` runs the stdlib-only host agent (host_agent.py)
-with the host's python3, one exec per operation, over one pooled connection per host.
+with the host's python3 over one pooled connection per host; each agent serves request after
+request, so python3 starts and the agent's source travels once per session, not per
+operation.
 
-Round trips do not grow with the number of files: an upload is one exec in which the
+Round trips do not grow with the number of files: an upload is one request in which the
 deployer sends the manifest, the agent answers the keys its object store lacks, the deployer
 streams exactly those objects, and the agent stores, verifies, links and renames the release
-into place. Every other operation is one exec with one request and one reply. ``execs``
-counts the channels opened (the round trips that matter); ``connects`` the connections.
+into place. Every other operation is one request and one reply. ``requests`` counts the
+operations, ``execs`` the agents started, ``connects`` the connections.
 
 Errors (``shared.errors``): connecting, authenticating, a lost connection or an operation
 with no answer in time -> ``Transient`` ``host_unreachable``; the agent failing on the host
@@ -84,7 +86,10 @@ class SshHost(HostTransport):
         self._channels = asyncio.Semaphore(max_channels)
         self._connect_lock = asyncio.Lock()
         self._conn: asyncssh.SSHClientConnection | None = None
-        self.execs = 0
+        # Agents waiting for their next request (at most max_channels exist at once).
+        self._idle: list[AgentSession] = []
+        self.execs = 0  # agent processes started (channels opened)
+        self.requests = 0  # operations sent (the round trips that matter)
         self.connects = 0
 
     @classmethod
@@ -118,6 +123,9 @@ class SshHost(HostTransport):
         )
 
     async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for session in idle:
+            session.close()
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
@@ -210,23 +218,26 @@ class SshHost(HostTransport):
     async def _exchange(
         self, action: str, domain: str | None, request: dict[str, Any], *, limit: float | None
     ) -> AsyncIterator[AgentSession]:
-        """Run the agent on the host with ``request`` sent; map what can go wrong."""
+        """Send ``request`` to an agent on the host (an idle one of the pool, or a new one);
+        map what can go wrong. The agent goes back to the pool only if its streams are
+        known to be in step: the exchange completed, or a one-reply operation was refused."""
         where = f"{action} for {domain or 'the store'} on web host {self.name}"
         async with self._channels:
+            session: AgentSession | None = None
+            in_step = False
             try:
                 async with asyncio.timeout(limit):
-                    process = await self._start_agent()
-                    try:
-                        session = AgentSession(process)
-                        await session.send(agent_modules() + encode_frame(request))
-                        yield session
-                    finally:
-                        process.close()
+                    session = await self._session()
+                    self.requests += 1
+                    await session.send(encode_frame(request))
+                    yield session
+                    in_step = True
             except TimeoutError:
                 raise Transient(
                     f"{where}: no answer within {limit} s", code="host_unreachable"
                 ) from None
             except AgentError as exc:
+                in_step = request["op"] != "upload"
                 raise _domain_error(where, exc) from None
             except AgentDied as exc:
                 raise Transient(
@@ -237,6 +248,23 @@ class SshHost(HostTransport):
                     f"{where}: the connection failed: {type(exc).__name__}: {exc}",
                     code="host_unreachable",
                 ) from exc
+            finally:
+                if session is not None:
+                    if in_step and session.alive():
+                        self._idle.append(session)
+                    else:
+                        session.close()
+
+    async def _session(self) -> AgentSession:
+        """An idle agent of the pool that is still alive, or a new one (modules sent)."""
+        while self._idle:
+            session = self._idle.pop()
+            if session.alive():
+                return session
+            session.close()
+        session = AgentSession(await self._start_agent())
+        await session.send(agent_modules())
+        return session
 
     async def _start_agent(self) -> asyncssh.SSHClientProcess[bytes]:
         # A pooled connection found dead when its channel opens is replaced once: every
