@@ -111,11 +111,11 @@ async def run_s2(stack: Stack, *, quick: bool, reps: int, warmup: int) -> list[R
     )
     row.notes.append(
         f"{connects} SSH connection(s) for all runs on our side; B0 opens one per rsync. "
-        f"Of ours, `activate` alone (one exec: start python3 on the host, send the agent, "
-        f"one request) took p50 {ms(pct(activate_t, 50))}. "
+        f"Of ours, `activate` alone (one request to the session's long-lived host agent) "
+        f"took p50 {ms(pct(activate_t, 50))}. "
         f"The changed pages hold {html_bytes:,} B. Our byte figure counts object payload "
-        "only; on the wire each exec also carries the host agent's source and the manifest "
-        "(not counted), while rsync's figure includes its file list and delta checksums. "
+        "only; on the wire each upload also carries the manifest (not counted), while "
+        "rsync's figure includes its file list and delta checksums. "
         "B0 writes into the live directory (not atomic) and needs no reload for a redeploy."
     )
     return [row]
