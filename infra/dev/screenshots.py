@@ -187,7 +187,7 @@ async def main() -> int:
             finally:
                 server.shutdown()
                 server.server_close()
-            print(f"{name} {pack.version}: {target.relative_to(ROOT)}")
+            print(f"{name} {pack.version}: {target}")
     return 0
 
 
