@@ -12,6 +12,8 @@
   var routes = {};
   data.routes.forEach(function (route) { routes[route.path] = route; });
 
+  var noindex = null; // the robots meta this script added, if any
+
   function normalize(path) {
     // /app/settings/ and /app/settings are one route; "" is the home page.
     var trimmed = path.replace(/\/+$/, "");
@@ -34,6 +36,16 @@
       }
     }
     var shown = route || data.notFound;
+    // The server answers an unknown address with this page (200): keep it out of search.
+    if (!route && !noindex) {
+      noindex = document.createElement("meta");
+      noindex.name = "robots";
+      noindex.content = "noindex";
+      document.head.appendChild(noindex);
+    } else if (route && noindex) {
+      noindex.remove();
+      noindex = null;
+    }
     heading.textContent = shown.heading;
     document.title = shown.title;
     if (moveFocus) {
