@@ -1,8 +1,9 @@
-"""The blog and portfolio packs deployed by the real deployer (render, sandboxed build,
+"""The blog, portfolio and spa packs deployed by the real deployer (render, sandboxed build,
 upload, activation, health check) and fetched through a real nginx."""
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -72,3 +73,33 @@ async def test_the_portfolio_goes_live_with_media_urls(
     home = (await fetch(domain, "/")).text
     for image in preview["images"]:
         assert f'src="https://media.{domain}/{image["path"]}"' in home
+
+
+async def test_the_spa_goes_live_with_a_page_per_route_and_hashed_assets(
+    deployer: Deployer,
+    domain: str,
+    fetch: Fetch,
+) -> None:
+    preview = deployer.catalog.get("spa", "1.0.0").preview_params
+    job = make_job(domain, template="spa", params=preview)
+
+    final = await deployer(job)
+
+    assert isinstance(final, DeploymentSucceeded), final
+    home = await fetch(domain, "/")
+    assert home.status_code == 200 and f'content="{job.deployment_id}"' in home.text
+    for route in preview["routes"]:
+        # Each route is a directory page of the release (nginx answers /app with a redirect
+        # to /app/ unless the site's profile serves /app/index.html directly).
+        page = await fetch(domain, route["path"].rstrip("/") + "/")
+        assert page.status_code == 200, route["path"]
+        assert f'<h1 id="page-heading" tabindex="-1">{route["heading"]}</h1>' in page.text
+        assert f'content="{job.deployment_id}"' in page.text
+    refs = re.findall(r'(?:src|href)="(/assets/[^"]+)"', home.text)
+    assert len(refs) == 2
+    for ref in refs:
+        asset = await fetch(domain, ref)
+        assert asset.status_code == 200
+        assert asset.headers["content-type"].split(";")[0] in ("text/css", "application/javascript")
+    assert (await fetch(domain, "/assets/app.js")).status_code == 404
+    assert (await fetch(domain, "/build/pages.json")).status_code == 404

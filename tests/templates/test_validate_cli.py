@@ -39,7 +39,7 @@ def test_list_shows_every_template() -> None:
 
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    for name in ("blog", "landing", "portfolio"):
+    for name in ("blog", "landing", "portfolio", "spa"):
         assert f"{name}  1.0.0" in lines
 
 
