@@ -30,6 +30,8 @@ def deployer(nginx: Nginx, sites_root: Path, host: LocalHost, tmp_path: Path) ->
         build_timeout=30,
         max_release_bytes=20 * 1024 * 1024,
     )
+    # The spa needs its nginx rule profile: this host may run the test nginx.
+    host.configure_nginx(nginx.command, f"127.0.0.1:{nginx.port}", reload_window=0.5)
     return Deployer(TemplateCatalog(TEMPLATES), host, settings)
 
 
@@ -101,5 +103,14 @@ async def test_the_spa_goes_live_with_a_page_per_route_and_hashed_assets(
         asset = await fetch(domain, ref)
         assert asset.status_code == 200
         assert asset.headers["content-type"].split(";")[0] in ("text/css", "application/javascript")
-    assert (await fetch(domain, "/assets/app.js")).status_code == 404
-    assert (await fetch(domain, "/build/pages.json")).status_code == 404
+        assert asset.headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert (await fetch(domain, "/assets/app.js")).status_code == 404  # only hashed ones
+    # The build's inputs are not in the release: the address gets the app shell.
+    assert (await fetch(domain, "/build/pages.json")).text == home.text
+    # The spa profile: a deep link (here a client-side path no page was rendered for) is
+    # answered with the app shell, never cached, as are the route pages.
+    deep = await fetch(domain, "/app/settings/some-client-side-view")
+    assert deep.status_code == 200 and deep.text == home.text
+    assert deep.headers["cache-control"] == home.headers["cache-control"] == "no-cache"
+    settings_page = await fetch(domain, "/app/settings")
+    assert settings_page.status_code == 200 and "no-cache" == settings_page.headers["cache-control"]
