@@ -17,72 +17,45 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 
+from services.dns.metrics import API_CALLS
+from services.dns.provider import (
+    ACCOUNT,
+    ChangeErrors,
+    RRsetChange,
+    Zone,
+    ZoneRRset,
+    marker_text,
+    owner_in,
+)
 from services.dns.records import RRset, make_rrset
 from services.dns.settings import DnsSettings
 from shared.errors import Invalid, Permanent, Transient, Unavailable
-
-ACCOUNT = "sitefleet"
-# The ownership marker is an RRset comment "managed-by sitefleet <owner>" whose account is
-# ACCOUNT; ``owner`` is "site=<site id>" for a site's records.
-MARKER = "managed-by sitefleet"
 
 # Writes are serialized per API URL for the whole process (see the module docstring).
 _write_locks: dict[str, asyncio.Lock] = {}
 
 
-@dataclass(frozen=True)
-class ZoneRRset:
-    """An RRset as PowerDNS holds it: normalized contents plus who owns it."""
-
-    rrset: RRset
-    # The owner tag of our marker comment ("site=<id>"), or None when we did not write it.
-    owner: str | None
-    # True when some record of the set is disabled (then it does not serve what we want).
-    has_disabled: bool = False
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return self.rrset.key
-
-
-@dataclass(frozen=True)
-class Zone:
-    name: str
-    kind: str
-    account: str
-    rrsets: dict[tuple[str, str], ZoneRRset] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class RRsetChange:
-    changetype: Literal["REPLACE", "DELETE"]
-    rrset: RRset
-    # For REPLACE: the owner tag written into the marker comment.
-    owner: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "name": self.rrset.name,
-            "type": self.rrset.type,
-            "changetype": self.changetype,
-        }
-        if self.changetype == "REPLACE":
-            body["ttl"] = self.rrset.ttl
-            body["records"] = [{"content": c, "disabled": False} for c in self.rrset.contents]
-            body["comments"] = [{"content": f"{MARKER} {self.owner}", "account": ACCOUNT}]
-        return body
+def change_json(change: RRsetChange) -> dict[str, Any]:
+    """One item of a PowerDNS PATCH body."""
+    rrset = change.rrset
+    body: dict[str, Any] = {"name": rrset.name, "type": rrset.type, "changetype": change.changetype}
+    if change.changetype == "REPLACE":
+        body["ttl"] = rrset.ttl
+        body["records"] = [{"content": c, "disabled": False} for c in rrset.contents]
+        body["comments"] = [{"content": marker_text(change.owner), "account": ACCOUNT}]
+    return body
 
 
 def owner_of(comments: list[dict[str, Any]]) -> str | None:
     for comment in comments:
-        content = str(comment.get("content", ""))
-        if comment.get("account") == ACCOUNT and content.startswith(MARKER + " "):
-            return content[len(MARKER) + 1 :].strip()
+        if comment.get("account") == ACCOUNT:
+            owner = owner_in(str(comment.get("content", "")))
+            if owner is not None:
+                return owner
     return None
 
 
@@ -110,6 +83,10 @@ def parse_zone(data: dict[str, Any]) -> Zone:
 
 
 class PowerDnsClient:
+    """The ``powerdns`` DNS provider (services/dns/provider.py)."""
+
+    name = "powerdns"
+
     def __init__(
         self,
         http: httpx.AsyncClient,
@@ -173,6 +150,15 @@ class PowerDnsClient:
             response = await self._request("POST", "/zones", json=body, expected=(409,))
         return response.status_code != 409
 
+    def compile(self, rrsets: Sequence[RRset]) -> list[RRset]:
+        """PowerDNS serves our records as they are (ALIAS with ``expand-alias``)."""
+        return list(rrsets)
+
+    async def apply_changes(self, zone: str, changes: Sequence[RRsetChange]) -> ChangeErrors:
+        """One atomic PATCH: all changes are written, or the call raises."""
+        await self.patch_rrsets(zone, changes)
+        return {}
+
     async def patch_rrsets(self, zone: str, changes: Sequence[RRsetChange]) -> None:
         """All changes of one zone in one PATCH: PowerDNS applies them atomically."""
         if not changes:
@@ -181,7 +167,7 @@ class PowerDnsClient:
         ordered = sorted(changes, key=lambda c: c.changetype != "DELETE")
         async with self._lock:
             await self._request(
-                "PATCH", f"/zones/{zone}", json={"rrsets": [c.to_json() for c in ordered]}
+                "PATCH", f"/zones/{zone}", json={"rrsets": [change_json(c) for c in ordered]}
             )
 
     async def delete_zone(self, name: str) -> None:
@@ -201,11 +187,13 @@ class PowerDnsClient:
                 method, self.base + path, json=json, headers=self._headers, timeout=self._timeout
             )
         except httpx.TransportError as exc:
+            API_CALLS.labels(self.name, "unreachable").inc()
             raise Unavailable(
                 f"PowerDNS API unreachable ({method} {path}): {type(exc).__name__}: {exc}",
                 code="dns_provider_unavailable",
             ) from exc
         status = response.status_code
+        API_CALLS.labels(self.name, str(status)).inc()
         if status < 400 or status in expected:
             return response
         message = f"PowerDNS {method} {path} -> HTTP {status}: {_error_text(response)}"

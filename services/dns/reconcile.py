@@ -1,9 +1,10 @@
-"""Reconciling a site's desired records with PowerDNS, recording and verifying them.
+"""Reconciling a site's desired records with its DNS provider, recording and verifying them.
 
-Per zone: read the RRsets, diff them at RRset level against the desired ones (normalized, so
-the plan right after an apply is empty), send every change in one atomic PATCH, record each
-record in ``dns_records`` (this service is its only writer), then check that the
-authoritative server serves them: ``pending -> applied -> verified`` or ``error``.
+Per zone: read the RRsets, diff them at RRset level against the desired ones compiled for
+the provider (normalized, so the plan right after an apply is empty), check the zone's
+safety limits, write the changes (PowerDNS: one atomic PATCH; Cloudflare: batches), record
+each record in ``dns_records`` (this service is its only writer), then check that they are
+served: ``pending -> applied -> verified`` or ``error``.
 
 Ownership: we create or replace an RRset only when it is absent or carries our marker
 comment for this site, and delete only RRsets marked as ours. Anything else at one of our
@@ -22,10 +23,12 @@ from sqlalchemy import delete, func, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.dns.powerdns import ACCOUNT, PowerDnsClient, RRsetChange, Zone, ZoneRRset
-from services.dns.records import RRset, desired_rrsets, zone_of
+from services.dns.placement import site_addresses
+from services.dns.provider import ACCOUNT, DnsProvider, RRsetChange, Zone, ZoneRRset
+from services.dns.records import CdnTargets, RRset, desired_rrsets, zone_of
+from services.dns.safety import check_zone_limits
 from services.dns.settings import DnsSettings
-from services.dns.verification import Verifier
+from services.dns.verification import RecordVerifier, verifier_for
 from shared.errors import Transient
 from shared.models import DnsRecord
 
@@ -57,6 +60,12 @@ class Plan:
     # Ours (this owner's marker) but no longer desired.
     delete: tuple[RRset, ...]
     blocked: tuple[Blocked, ...]
+    # The RRsets of the zone this owner held when planned (for the change ratio).
+    existing_owned: frozenset[tuple[str, str]] = frozenset()
+
+    @property
+    def owned(self) -> int:
+        return len(self.existing_owned)
 
     def changes(self, owner: str) -> list[RRsetChange]:
         """The PATCH items; written RRsets carry ``owner``'s marker comment."""
@@ -140,18 +149,27 @@ def compute_plan(
         replace=tuple(replace),
         delete=tuple(stale),
         blocked=tuple(blocked),
+        existing_owned=frozenset(z.key for z in current.values() if z.owner == owner),
     )
 
 
 async def plan_site(
-    client: PowerDnsClient, *, site_id: str, domain: str, settings: DnsSettings
+    client: DnsProvider,
+    *,
+    site_id: str,
+    domain: str,
+    settings: DnsSettings,
+    addresses: list[str] | None = None,
+    targets: CdnTargets | None = None,
 ) -> Plan:
-    """What ``apply_site`` would change now (read-only)."""
+    """What ``apply_site`` would change now (read-only). ``addresses``: the site's web host
+    addresses (services/dns/placement.py; None = settings)."""
     zone_name = zone_of(domain)
     zone = await client.get_zone(zone_name)
+    desired = desired_rrsets(domain, settings, addresses=addresses, targets=targets)
     return compute_plan(
         zone_name,
-        desired_rrsets(domain, settings),
+        client.compile(desired),
         zone.rrsets if zone is not None else {},
         site_owner(site_id),
     )
@@ -159,34 +177,46 @@ async def plan_site(
 
 async def apply_site(
     session: AsyncSession,
-    client: PowerDnsClient,
+    client: DnsProvider,
     *,
     tenant_id: str,
     site_id: str,
     domain: str,
     settings: DnsSettings,
-    verifier: Verifier | None = None,
+    verifier: RecordVerifier | None = None,
+    targets: CdnTargets | None = None,
 ) -> ApplyResult:
-    """Make PowerDNS serve the site's records, record them, and verify they are served.
+    """Make the provider serve the site's records, record them, and verify they are served.
 
-    Raises ``DnsNotVerified`` (Transient) when some applied record is still not served
-    after the verifier's attempts; provider errors as ``powerdns`` documents.
+    Raises ``SafetyLimitExceeded`` (Permanent) before writing anything when the zone's
+    changes pass a safety limit; ``DnsNotVerified`` (Transient) when some applied record is
+    still not served after the verifier's attempts; provider errors as each documents.
     """
     zone_name = zone_of(domain)
-    if await client.get_zone(zone_name) is None:
+    current = await client.get_zone(zone_name)
+    if current is None:
         await client.create_zone(
             zone_name, nameservers=settings.nameservers, negative_ttl=settings.dns_ttl
         )
-    plan = await plan_site(client, site_id=site_id, domain=domain, settings=settings)
-    await client.patch_rrsets(zone_name, plan.changes(site_owner(site_id)))
+    plan = await plan_site(
+        client,
+        site_id=site_id,
+        domain=domain,
+        settings=settings,
+        addresses=await site_addresses(session, site_id),
+        targets=targets,
+    )
+    check_zone_limits(plan, settings)
+    refused = await client.apply_changes(zone_name, plan.changes(site_owner(site_id)))
 
     reasons = {b.rrset.key: b.reason for b in plan.blocked}
+    reasons.update(refused)
     await _sync_rows(
         session, tenant_id=tenant_id, site_id=site_id, zone=zone_name, plan=plan, errors=reasons
     )
 
     applied = [r for r in plan.desired if r.key not in reasons]
-    outcome = await (verifier or Verifier.from_settings(settings)).verify(applied)
+    outcome = await (verifier or verifier_for(client, settings)).verify(applied, zone=zone_name)
     verified = tuple(r for r in applied if outcome[r.key] is None)
     await _record_verification(session, site_id=site_id, outcome=outcome)
     failing = {f"{name} {rtype}": why for (name, rtype), why in outcome.items() if why}
@@ -197,7 +227,7 @@ async def apply_site(
 
 
 async def remove_site(
-    session: AsyncSession, client: PowerDnsClient, *, site_id: str, domain: str
+    session: AsyncSession, client: DnsProvider, *, site_id: str, domain: str
 ) -> list[RRset]:
     """Delete the RRsets this site owns, and its zone if we created it and it is now empty
     of anything but SOA/NS; forget the site's ``dns_records``. Returns what was deleted."""
@@ -207,7 +237,7 @@ async def remove_site(
     zone = await client.get_zone(zone_name)
     if zone is not None:
         deleted = [z.rrset for z in zone.rrsets.values() if z.owner == owner]
-        await client.patch_rrsets(zone_name, [RRsetChange("DELETE", r) for r in deleted])
+        await client.apply_changes(zone_name, [RRsetChange("DELETE", r) for r in deleted])
         # Re-read: only delete a zone nobody added anything to in the meantime.
         zone = await client.get_zone(zone_name) if deleted else zone
         if zone is not None and _is_empty_own_zone(zone):
