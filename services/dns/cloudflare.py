@@ -33,7 +33,15 @@ from services.dns.cdn import origin_hostname, site_hosts, site_urls
 from services.dns.metrics import API_CALLS, PURGES, RATE_LIMITED
 from services.dns.provider import ChangeErrors, RRsetChange, Zone, ZoneRRset, marker_text, owner_in
 from services.dns.ratelimit import TokenBucket, bucket_for
-from services.dns.records import NAME_TYPES, CdnTargets, RRset, fqdn, make_rrset, zone_of
+from services.dns.records import (
+    NAME_TYPES,
+    CdnTargets,
+    RRset,
+    fqdn,
+    make_rrset,
+    normalize_content,
+    zone_of,
+)
 from services.dns.settings import DnsSettings
 from shared.errors import Invalid, NotFound, Permanent, RateLimited, Transient, Unavailable
 
@@ -251,17 +259,25 @@ class CloudflareClient:
         current: dict[tuple[str, str], list[dict[str, Any]]],
         changes: Sequence[RRsetChange],
     ) -> list[_Op]:
-        """Record operations for RRset changes: existing records are rewritten in place
-        (PUT), extra ones deleted, missing ones created."""
+        """Record operations for RRset changes: a record whose content is still wanted is
+        kept (rewritten in place with PUT when its TTL, proxying or comment differ), the
+        others are deleted, and missing contents created. Nothing ever holds a content
+        twice on the way, so Cloudflare's "identical record" check never trips."""
         ops: list[_Op] = []
         for change in changes:
             key = change.rrset.key
-            existing = list(current.get(key, []))
-            wanted = [] if change.changetype == "DELETE" else list(change.rrset.contents)
-            for record, content in zip(existing, wanted, strict=False):
-                ops.append(_Op("puts", key, record["id"], self._body(change, content)))
-            ops += [_Op("deletes", key, r["id"]) for r in existing[len(wanted) :]]
-            ops += [_Op("posts", key, None, self._body(change, c)) for c in wanted[len(existing) :]]
+            wanted = set() if change.changetype == "DELETE" else set(change.rrset.contents)
+            kept: set[str] = set()
+            for record in current.get(key, []):
+                content = normalize_content(change.rrset.type, str(record["content"]))
+                if content in wanted and content not in kept:
+                    kept.add(content)
+                    body = self._body(change, content)
+                    if any(record.get(k) != body[k] for k in ("ttl", "proxied", "comment")):
+                        ops.append(_Op("puts", key, record["id"], body))
+                else:
+                    ops.append(_Op("deletes", key, record["id"]))
+            ops += [_Op("posts", key, None, self._body(change, c)) for c in sorted(wanted - kept)]
         # Cloudflare runs deletes, patches, puts, posts in that order; keep ours the same
         # so a chunk and its one-by-one fallback do the same thing.
         order = {"deletes": 0, "puts": 1, "posts": 2}

@@ -102,6 +102,12 @@ def _excludes(a: str, b: str) -> bool:
     return "ALIAS" in (a, b) and bool({a, b} & {"A", "AAAA"})
 
 
+def _served_as(rrset: RRset, zone: str) -> str:
+    """A CNAME at the apex can only be Cloudflare's flattened one (we never write a raw
+    apex CNAME): it answers like an ALIAS and may share the apex with MX, TXT..."""
+    return "ALIAS" if rrset.type == "CNAME" and rrset.name == zone else rrset.type
+
+
 def _foreign_reason(current: ZoneRRset, rrset_name: str) -> str:
     what = f"{rrset_name} {current.rrset.type}"
     if current.owner is None:
@@ -129,7 +135,7 @@ def compute_plan(
             (
                 z
                 for z in at_name[rrset.name]
-                if z.owner != owner and _excludes(rrset.type, z.rrset.type)
+                if z.owner != owner and _excludes(_served_as(rrset, zone), z.rrset.type)
             ),
             None,
         )
