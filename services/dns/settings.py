@@ -64,7 +64,7 @@ class DnsSettings(CommonSettings, WebHostSettings, EdgeSettings):
     # the zone's run before anything is written.
     dns_max_deletes_per_zone: int = 4
     dns_max_change_ratio: float = 0.8
-    dns_change_ratio_min: int = 5
+    dns_change_ratio_min: int = 4
     # Fleet-wide circuit breaker: a run over many sites (the sweep, `dns sync` of all) that
     # would delete records in more than this many zones halts before applying anything.
     dns_breaker_max_zones: int = 10
