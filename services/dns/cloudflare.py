@@ -159,7 +159,10 @@ class CloudflareClient:
             )
         return compiled
 
-    async def get_zone(self, name: str) -> Zone | None:
+    async def zone_versions(self) -> dict[str, int]:
+        return {}  # Cloudflare zones carry no version that follows record edits
+
+    async def get_zone(self, name: str, *, version: int | None = None) -> Zone | None:
         zone_id = await self.zone_id(name)
         if zone_id is None:
             return None
@@ -198,7 +201,20 @@ class CloudflareClient:
         body = {"name": name.rstrip("."), "account": {"id": self.account_id}, "type": "full"}
         response = await self._request("POST", "/zones", json=body)
         self._zone_ids[fqdn(name)] = response.json()["result"]["id"]
+        self._records[fqdn(name)] = {}
         return True
+
+    async def create_zone_with(
+        self,
+        name: str,
+        changes: Sequence[RRsetChange],
+        *,
+        nameservers: Sequence[str],
+        negative_ttl: int = 300,
+    ) -> ChangeErrors | None:
+        if not await self.create_zone(name, nameservers=nameservers, negative_ttl=negative_ttl):
+            return None
+        return await self.apply_changes(name, changes)
 
     async def apply_changes(self, zone: str, changes: Sequence[RRsetChange]) -> ChangeErrors:
         if not changes:

@@ -101,6 +101,10 @@ class PowerDnsClient:
         self._headers = {"X-API-Key": api_key, "Accept": "application/json"}
         self._timeout = timeout
         self._lock = _write_locks.setdefault(self.base, asyncio.Lock())
+        # Zones as last read, with the SOA serial they had: PowerDNS bumps the serial on
+        # every API edit (soa_edit_api DEFAULT), so an unchanged serial means an unchanged
+        # zone and the sweep skips re-reading it (``zone_versions``).
+        self._seen: dict[str, tuple[int, Zone]] = {}
 
     @classmethod
     def from_settings(cls, http: httpx.AsyncClient, settings: DnsSettings) -> PowerDnsClient:
@@ -112,11 +116,27 @@ class PowerDnsClient:
             timeout=settings.pdns_timeout,
         )
 
-    async def get_zone(self, name: str) -> Zone | None:
+    async def get_zone(self, name: str, *, version: int | None = None) -> Zone | None:
+        """The zone, or None; with ``version`` (a serial from ``zone_versions``) the copy
+        read at that serial is returned without asking PowerDNS again."""
+        seen = self._seen.get(name)
+        if version is not None and seen is not None and seen[0] == version:
+            return seen[1]
         response = await self._request("GET", f"/zones/{name}", expected=(404,))
         if response.status_code == 404:
+            self._seen.pop(name, None)
             return None
-        return parse_zone(response.json())
+        return self._remember(response.json())
+
+    async def zone_versions(self) -> dict[str, int]:
+        """Every zone's SOA serial, in one call."""
+        response = await self._request("GET", "/zones")
+        return {z["name"]: int(z.get("serial") or 0) for z in response.json()}
+
+    def _remember(self, data: dict[str, Any]) -> Zone:
+        zone = parse_zone(data)
+        self._seen[zone.name] = (int(data.get("serial") or 0), zone)
+        return zone
 
     async def create_zone(
         self,
@@ -125,8 +145,10 @@ class PowerDnsClient:
         nameservers: Sequence[str],
         account: str = ACCOUNT,
         negative_ttl: int = 300,
+        changes: Sequence[RRsetChange] = (),
     ) -> bool:
-        """Create a Native zone; False when it already exists (whoever created it)."""
+        """Create a Native zone holding ``changes``' RRsets (one write for a new site);
+        False when it already exists (whoever created it; ``changes`` are not applied)."""
         if not nameservers:
             raise Invalid(f"zone {name} needs at least one nameserver (settings.nameservers)")
         soa = f"{nameservers[0]} hostmaster.{name} 1 10800 3600 604800 {negative_ttl}"
@@ -144,11 +166,33 @@ class PowerDnsClient:
                     "ttl": 3600,
                     "records": [{"content": soa, "disabled": False}],
                 }
+            ]
+            + [
+                {k: v for k, v in change_json(c).items() if k != "changetype"}
+                for c in changes
+                if c.changetype == "REPLACE"
             ],
         }
         async with self._lock:
             response = await self._request("POST", "/zones", json=body, expected=(409,))
-        return response.status_code != 409
+        if response.status_code == 409:
+            return False
+        self._remember(response.json())
+        return True
+
+    async def create_zone_with(
+        self,
+        name: str,
+        changes: Sequence[RRsetChange],
+        *,
+        nameservers: Sequence[str],
+        negative_ttl: int = 300,
+    ) -> ChangeErrors | None:
+        """One POST creates the zone with its RRsets: a new site costs one write."""
+        created = await self.create_zone(
+            name, nameservers=nameservers, negative_ttl=negative_ttl, changes=changes
+        )
+        return {} if created else None
 
     def compile(self, rrsets: Sequence[RRset]) -> list[RRset]:
         """PowerDNS serves our records as they are (ALIAS with ``expand-alias``)."""
@@ -165,12 +209,14 @@ class PowerDnsClient:
             return
         # Deletions first, so a replaced type at the same name never conflicts with them.
         ordered = sorted(changes, key=lambda c: c.changetype != "DELETE")
+        self._seen.pop(zone, None)
         async with self._lock:
             await self._request(
                 "PATCH", f"/zones/{zone}", json={"rrsets": [change_json(c) for c in ordered]}
             )
 
     async def delete_zone(self, name: str) -> None:
+        self._seen.pop(name, None)
         async with self._lock:
             await self._request("DELETE", f"/zones/{name}", expected=(404,))
 

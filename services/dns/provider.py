@@ -81,12 +81,32 @@ class DnsProvider(Protocol):
         flattened CNAME), in the same normalized form ``get_zone`` reads back."""
         ...
 
-    async def get_zone(self, name: str) -> Zone | None: ...
+    async def get_zone(self, name: str, *, version: int | None = None) -> Zone | None:
+        """The zone, or None. ``version`` (from ``zone_versions``) lets a provider answer
+        from what it read at that version instead of asking again."""
+        ...
+
+    async def zone_versions(self) -> Mapping[str, int]:
+        """A version per zone that changes whenever the zone does (PowerDNS: its SOA
+        serial), in one call; empty when the provider has none (Cloudflare)."""
+        ...
 
     async def create_zone(
         self, name: str, *, nameservers: Sequence[str], negative_ttl: int = 300
     ) -> bool:
         """Create the zone; False when it already exists (whoever created it)."""
+        ...
+
+    async def create_zone_with(
+        self,
+        name: str,
+        changes: Sequence[RRsetChange],
+        *,
+        nameservers: Sequence[str],
+        negative_ttl: int = 300,
+    ) -> ChangeErrors | None:
+        """Create the zone holding ``changes`` (PowerDNS: in one write); None when it
+        already exists (then nothing is written), else the refused changes."""
         ...
 
     async def apply_changes(self, zone: str, changes: Sequence[RRsetChange]) -> ChangeErrors:

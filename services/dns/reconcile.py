@@ -17,14 +17,21 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import delete, func, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.dns.placement import site_addresses
-from services.dns.provider import ACCOUNT, DnsProvider, RRsetChange, Zone, ZoneRRset
+from services.dns.provider import (
+    ACCOUNT,
+    ChangeErrors,
+    DnsProvider,
+    RRsetChange,
+    Zone,
+    ZoneRRset,
+)
 from services.dns.records import CdnTargets, RRset, desired_rrsets, zone_of
 from services.dns.safety import check_zone_limits
 from services.dns.settings import DnsSettings
@@ -60,12 +67,13 @@ class Plan:
     # Ours (this owner's marker) but no longer desired.
     delete: tuple[RRset, ...]
     blocked: tuple[Blocked, ...]
-    # The RRsets of the zone this owner held when planned (for the change ratio).
-    existing_owned: frozenset[tuple[str, str]] = frozenset()
+    # The contents of the RRsets this owner held in the zone when planned (for the change
+    # ratio of the safety limits).
+    owned_contents: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def owned(self) -> int:
-        return len(self.existing_owned)
+        return len(self.owned_contents)
 
     def changes(self, owner: str) -> list[RRsetChange]:
         """The PATCH items; written RRsets carry ``owner``'s marker comment."""
@@ -155,7 +163,7 @@ def compute_plan(
         replace=tuple(replace),
         delete=tuple(stale),
         blocked=tuple(blocked),
-        existing_owned=frozenset(z.key for z in current.values() if z.owner == owner),
+        owned_contents={z.key: z.rrset.contents for z in current.values() if z.owner == owner},
     )
 
 
@@ -167,11 +175,13 @@ async def plan_site(
     settings: DnsSettings,
     addresses: list[str] | None = None,
     targets: CdnTargets | None = None,
+    version: int | None = None,
 ) -> Plan:
     """What ``apply_site`` would change now (read-only). ``addresses``: the site's web host
-    addresses (services/dns/placement.py; None = settings)."""
+    addresses (services/dns/placement.py; None = settings); ``version``: the zone's version
+    from ``zone_versions`` (an unchanged zone is then not read again)."""
     zone_name = zone_of(domain)
-    zone = await client.get_zone(zone_name)
+    zone = await client.get_zone(zone_name, version=version)
     desired = desired_rrsets(domain, settings, addresses=addresses, targets=targets)
     return compute_plan(
         zone_name,
@@ -199,21 +209,30 @@ async def apply_site(
     still not served after the verifier's attempts; provider errors as each documents.
     """
     zone_name = zone_of(domain)
-    current = await client.get_zone(zone_name)
-    if current is None:
-        await client.create_zone(
-            zone_name, nameservers=settings.nameservers, negative_ttl=settings.dns_ttl
+    owner = site_owner(site_id)
+    addresses = await site_addresses(session, site_id)
+    refused: ChangeErrors | None = None
+    if await client.get_zone(zone_name) is None:
+        # A new zone is created holding the records (PowerDNS: one write).
+        desired = desired_rrsets(domain, settings, addresses=addresses, targets=targets)
+        plan = compute_plan(zone_name, client.compile(desired), {}, owner)
+        refused = await client.create_zone_with(
+            zone_name,
+            plan.changes(owner),
+            nameservers=settings.nameservers,
+            negative_ttl=settings.dns_ttl,
         )
-    plan = await plan_site(
-        client,
-        site_id=site_id,
-        domain=domain,
-        settings=settings,
-        addresses=await site_addresses(session, site_id),
-        targets=targets,
-    )
-    check_zone_limits(plan, settings)
-    refused = await client.apply_changes(zone_name, plan.changes(site_owner(site_id)))
+    if refused is None:  # the zone was there (or appeared meanwhile): diff against it
+        plan = await plan_site(
+            client,
+            site_id=site_id,
+            domain=domain,
+            settings=settings,
+            addresses=addresses,
+            targets=targets,
+        )
+        check_zone_limits(plan, settings)
+        refused = await client.apply_changes(zone_name, plan.changes(owner))
 
     reasons = {b.rrset.key: b.reason for b in plan.blocked}
     reasons.update(refused)

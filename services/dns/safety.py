@@ -31,13 +31,18 @@ def check_zone_limits(plan: Plan, settings: DnsSettings) -> None:
             f"dns_max_deletes_per_zone={settings.dns_max_deletes_per_zone}; nothing written",
             details={"zone": plan.zone, "deletes": deletes},
         )
-    changed_existing = deletes + sum(1 for r in plan.replace if r.key in plan.existing_owned)
+    # Answers that change: a TTL-only change (a settings tweak) does not count.
+    changed_existing = deletes + sum(
+        1
+        for r in plan.replace
+        if r.key in plan.owned_contents and plan.owned_contents[r.key] != r.contents
+    )
     if plan.owned and plan.owned >= settings.dns_change_ratio_min:
         ratio = changed_existing / plan.owned
         if ratio > settings.dns_max_change_ratio:
             HALTED.labels("zone_change_ratio").inc()
             raise SafetyLimitExceeded(
-                f"{plan.zone}: the run would change {changed_existing} of the "
+                f"{plan.zone}: the run would change the answers of {changed_existing} of the "
                 f"{plan.owned} record sets Sitefleet owns there ({ratio:.0%}), more than "
                 f"dns_max_change_ratio={settings.dns_max_change_ratio:.0%}; nothing written",
                 details={"zone": plan.zone, "changed": changed_existing, "owned": plan.owned},

@@ -4,8 +4,10 @@ what we want, announces drift (``dns.drift``) and heals it.
 Healing goes through the ``dns.jobs`` queue like any other change, so it is serialized
 with removals by the one consumer (a sweep never writes to the provider itself), and the
 handler skips sites that are being deleted. A zone whose provider call fails is skipped
-this round; the others go on. Before healing anything, the fleet-wide circuit breaker
-(services/dns/safety.py) may halt the whole round and alert (``dns.halted``).
+this round; the others go on. Zones whose version (PowerDNS: SOA serial, bumped by every
+API edit) is the one we last read are not read again. Before healing anything, the
+fleet-wide circuit breaker (services/dns/safety.py) may halt the whole round and alert
+(``dns.halted``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from services.dns.metrics import DRIFT
 from services.dns.placement import placed_addresses
 from services.dns.provider import DnsProvider
 from services.dns.reconcile import Plan, plan_site
+from services.dns.records import zone_of
 from services.dns.safety import breaker_trips
 from services.dns.settings import DnsSettings
 from shared.broker import Publisher
@@ -61,6 +64,10 @@ async def plan_sites(
         addresses = await placed_addresses(session, [s[0] for s in sites])
     plans: list[SitePlan] = []
     failed: dict[str, str] = {}
+    try:  # one call tells which zones changed since we last read them
+        versions = await client.zone_versions()
+    except Transient:
+        versions = {}
     for site_id, tenant_id, site_domain in sites:
         try:
             plan = await plan_site(
@@ -70,6 +77,7 @@ async def plan_sites(
                 settings=settings,
                 addresses=addresses.get(site_id),
                 targets=cdn.targets(site_domain) if cdn is not None else None,
+                version=versions.get(zone_of(site_domain)),
             )
         except Transient as exc:
             log.warning("dns zone skipped", extra={"domain": site_domain, "error": exc.message})

@@ -73,7 +73,7 @@ async def test_a_zone_run_changing_most_of_what_we_own_is_stopped(
         cdn_media_pattern="{slug}.media2.cdn.sitefleet.test",
         dns_max_change_ratio=0.5,
     )
-    with pytest.raises(SafetyLimitExceeded, match="would change 4 of the 4"):
+    with pytest.raises(SafetyLimitExceeded, match="would change the answers of 4 of the 4"):
         await _apply(sessionmaker, pdns_client, site, moved)
     proxy = f"proxy.{site.domain}."
     assert (await dig(proxy, "A")).get(proxy, "A") == sorted(WEB_HOSTS)
