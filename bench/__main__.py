@@ -50,7 +50,7 @@ async def main(quick: bool, only: set[str] | None) -> int:
     failed = 0
     for key, runner, placeholders in SCENARIOS:
         if runner is None or (only is not None and key not in only):
-            why = "not measured yet" if runner is None else "not run (--only)"
+            why = "not measured yet" if runner is None else report.NOT_RUN
             rows += [not_measured(name, target, why) for name, target in placeholders]
             continue
         print(f"== {key} …", flush=True)
@@ -71,8 +71,16 @@ async def main(quick: bool, only: set[str] | None) -> int:
     reps_text = f"{reps} after {warmup} warm-up" + (
         " (quick mode: fewer than the ≥ 30 of BENCH.md; S3 fewer still)" if quick else ""
     )
+    kept_from = None
+    if only is not None:  # keep the other scenarios' last results in the document
+        rows, kept_from = report.keep_previous(rows, OUT)
     text = report.render(
-        rows, info, quick=quick, reps=reps_text, elapsed=time.perf_counter() - started
+        rows,
+        info,
+        quick=quick,
+        reps=reps_text,
+        elapsed=time.perf_counter() - started,
+        kept_from=kept_from,
     )
     report.write(text, OUT)
     print(text)
