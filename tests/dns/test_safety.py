@@ -11,6 +11,7 @@ import aio_pika
 import pytest
 from sqlalchemy import delete
 
+from cli.dns import sync
 from services.dns.powerdns import PowerDnsClient
 from services.dns.reconcile import apply_site
 from services.dns.safety import SafetyLimitExceeded
@@ -19,6 +20,7 @@ from services.dns.sweep import sweep_once
 from services.notifier.fingerprint import Occurrence, interpret
 from shared import broker
 from shared.db import SessionMaker
+from shared.errors import Conflict
 from shared.messages import DnsRunHalted, Envelope, parse_payload
 from shared.models import Site as SiteRow
 from shared.models import SiteHost, Tenant, WebHost
@@ -122,6 +124,7 @@ async def test_a_sweep_that_would_delete_across_the_fleet_halts_and_alerts(
     pdns_client: PowerDnsClient,
     sessionmaker: SessionMaker,
     amqp_url: str,
+    database_url: str,
     dig: Dig,
 ) -> None:
     for made in fleet:
@@ -157,6 +160,12 @@ async def test_a_sweep_that_would_delete_across_the_fleet_halts_and_alerts(
         assert isinstance(interpret(envelope), Occurrence)
         jobs = await channel.declare_queue(broker.DNS_JOBS.name, passive=True)
         assert jobs.declaration_result.message_count == queued_before  # no heal queued
+    # `sitefleet dns sync` of every site is a fleet run too: refused, nothing queued.
+    cli_settings = make_settings(
+        pdns, dns_breaker_max_zones=2, database_url=database_url, amqp_url=amqp_url
+    )
+    with pytest.raises(Conflict, match="halted: the sync would delete records in"):
+        await sync(cli_settings, None)
     for made in fleet:  # nothing deleted
         proxy = f"proxy.{made.domain}."
         assert (await dig(proxy, "AAAA")).get(proxy, "AAAA") == [V6]
