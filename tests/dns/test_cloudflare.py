@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
+import aio_pika
 import httpx
 import pytest
 from prometheus_client import REGISTRY
@@ -19,10 +20,14 @@ from services.dns.ratelimit import TokenBucket
 from services.dns.reconcile import apply_site, plan_site, site_owner
 from services.dns.records import make_rrset
 from services.dns.settings import DnsSettings
+from services.dns.sweep import sweep_once
+from shared import broker
 from shared.db import SessionMaker
 from shared.errors import NotFound
+from shared.messages import DnsDrifted, Envelope, parse_payload
 from shared.models import DnsRecord
 from tests.dns.conftest import PowerDns, Site, make_settings
+from tests.dns.test_consumer import RETRY_DELAYS
 from tests.fixtures.cloudflare_fake import FakeCloudflare
 from tests.fixtures.http_fake import serve
 
@@ -259,3 +264,50 @@ def test_a_429_pauses_the_whole_account_bucket() -> None:
     assert bucket.wait_time() == pytest.approx(30.0)
     now[0] = 30.0
     assert bucket.wait_time() == 0  # refilled while paused
+
+
+async def test_a_failing_zone_does_not_stop_the_sweep_of_the_others(
+    fleet: list[Site],
+    cloudflare: Cloudflare,
+    cf_client: CloudflareClient,
+    pdns: PowerDns,
+    sessionmaker: SessionMaker,
+    amqp_url: str,
+) -> None:
+    fake = cloudflare.fake
+    settings = cf_settings(pdns, cloudflare)
+    for made in fleet:
+        fake.add_zone(made.domain)
+        async with sessionmaker.begin() as session:
+            await apply_site(
+                session,
+                cf_client,
+                tenant_id=made.tenant_id,
+                site_id=made.site_id,
+                domain=made.domain,
+                settings=settings,
+            )
+    broken, drifted, clean = fleet
+    fake.failing.add(fake.zone_id(broken.domain))
+    www = next(r for r in fake.list(drifted.domain) if r["name"] == f"www.{drifted.domain}")
+    del fake.records[fake.zone_id(drifted.domain)][www["id"]]  # deleted by hand
+
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        await broker.declare_topology(channel, RETRY_DELAYS, settings.delivery_limit)
+        drift = await channel.declare_queue(exclusive=True)
+        await drift.bind(broker.EVENTS_EXCHANGE, routing_key="dns.drift")
+        publisher = await broker.Publisher.open(connection)
+        fresh = CloudflareClient(  # a new process: nothing cached
+            cf_client.http,
+            api_url=cloudflare.api_url,
+            api_token=fake.token,
+            bucket=TokenBucket(capacity=1200, rate=4),
+        )
+        assert await sweep_once(sessionmaker, fresh, publisher, settings) == 1
+        message = await drift.get(timeout=5)
+        await message.ack()
+        event = parse_payload(Envelope.model_validate_json(message.body))
+        assert isinstance(event, DnsDrifted) and event.site_id == drifted.site_id
+    assert clean.site_id != drifted.site_id

@@ -5,7 +5,6 @@ bound to the notifier). Also: ``proxy.<domain>`` follows the web hosts the site 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 import aio_pika
 import pytest
@@ -22,8 +21,7 @@ from shared import broker
 from shared.db import SessionMaker
 from shared.errors import Conflict
 from shared.messages import DnsRunHalted, Envelope, parse_payload
-from shared.models import Site as SiteRow
-from shared.models import SiteHost, Tenant, WebHost
+from shared.models import SiteHost, WebHost
 from tests.dns.conftest import WEB_HOSTS, Dig, PowerDns, Site, make_settings, zone_of
 from tests.dns.test_consumer import RETRY_DELAYS
 
@@ -79,43 +77,6 @@ async def test_a_zone_run_changing_most_of_what_we_own_is_stopped(
         await _apply(sessionmaker, pdns_client, site, moved)
     proxy = f"proxy.{site.domain}."
     assert (await dig(proxy, "A")).get(proxy, "A") == sorted(WEB_HOSTS)
-
-
-@pytest.fixture
-async def fleet(
-    pdns_client: PowerDnsClient, sessionmaker: SessionMaker
-) -> AsyncIterator[list[Site]]:
-    """Three sites registered in the API's tables, removed afterwards."""
-    from services.dns.reconcile import remove_site
-
-    sites = []
-    async with sessionmaker.begin() as session:
-        tenant = f"tenant_{uuid.uuid4().hex[:10]}"
-        session.add(Tenant(id=tenant, name=f"t-{tenant}"))
-        await session.flush()
-        for _ in range(3):
-            suffix = uuid.uuid4().hex[:10]
-            made = Site(tenant_id=tenant, site_id=f"site_{suffix}", domain=f"f{suffix}.test")
-            sites.append(made)
-            session.add(
-                SiteRow(
-                    id=made.site_id,
-                    tenant_id=tenant,
-                    domain=made.domain,
-                    template="landing",
-                    template_version="1.0.0",
-                    params={},
-                    status="live",
-                    generation=1,
-                )
-            )
-    yield sites
-    async with sessionmaker.begin() as session:
-        for made in sites:
-            await remove_site(session, pdns_client, site_id=made.site_id, domain=made.domain)
-            await session.execute(delete(SiteRow).where(SiteRow.id == made.site_id))
-            await pdns_client.delete_zone(zone_of(made.domain))
-        await session.execute(delete(Tenant).where(Tenant.id == sites[0].tenant_id))
 
 
 async def test_a_sweep_that_would_delete_across_the_fleet_halts_and_alerts(
