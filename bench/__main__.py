@@ -9,7 +9,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable
 
-from bench import report, s1_new_site, s2_s3_ssh, s5_queue, s6_atomicity, s9_disk
+from bench import report, s1_new_site, s2_s3_ssh, s5_queue, s6_atomicity, s7_dns, s9_disk
 from bench.report import Row, not_measured
 from bench.stack import Stack
 from shared.settings import PROJECT_ROOT
@@ -35,7 +35,7 @@ SCENARIOS: list[tuple[str, Scenario | None, list[tuple[str, str]]]] = [
     ("S4", None, [("S4 burst of 1,000 site creations", S4_T)]),
     ("S5", s5_queue.run, [("S5 queue overhead, no-op jobs", S5_T)]),
     ("S6", s6_atomicity.run, [("S6 atomicity under load, 100 switches", "0 mixed/errors/stale")]),
-    ("S7", None, [("S7 DNS: 1,000 zones into PowerDNS", S7_T)]),
+    ("S7", s7_dns.run, [("S7 DNS: 1,000 zones into PowerDNS", S7_T)]),
     ("S8", None, [("S8 API ingress POST /v1/sites", S8_T)]),
     ("S9", s9_disk.run, [("S9 disk, 1,000 sites from one template", S9_T)]),
     ("S10", None, [("S10 alert storm", S10_T)]),
@@ -50,7 +50,7 @@ async def main(quick: bool, only: set[str] | None) -> int:
     failed = 0
     for key, runner, placeholders in SCENARIOS:
         if runner is None or (only is not None and key not in only):
-            why = "not measured yet" if runner is None else "not run (--only)"
+            why = "not measured yet" if runner is None else report.NOT_RUN
             rows += [not_measured(name, target, why) for name, target in placeholders]
             continue
         print(f"== {key} …", flush=True)
@@ -71,8 +71,16 @@ async def main(quick: bool, only: set[str] | None) -> int:
     reps_text = f"{reps} after {warmup} warm-up" + (
         " (quick mode: fewer than the ≥ 30 of BENCH.md; S3 fewer still)" if quick else ""
     )
+    kept_from = None
+    if only is not None:  # keep the other scenarios' last results in the document
+        rows, kept_from = report.keep_previous(rows, OUT)
     text = report.render(
-        rows, info, quick=quick, reps=reps_text, elapsed=time.perf_counter() - started
+        rows,
+        info,
+        quick=quick,
+        reps=reps_text,
+        elapsed=time.perf_counter() - started,
+        kept_from=kept_from,
     )
     report.write(text, OUT)
     print(text)

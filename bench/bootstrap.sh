@@ -26,3 +26,10 @@ if [ ! -f .venv/.bench-installed ] || [ pyproject.toml -nt .venv/.bench-installe
   .venv/bin/pip install -q -e '.[dev,bench]'
   touch .venv/.bench-installed
 fi
+
+# S7's baseline: octoDNS with its PowerDNS provider, in a virtualenv of its own so its pins
+# never touch the project's.
+if [ ! -x .venv-octodns/bin/octodns-sync ]; then
+  python3 -m venv .venv-octodns
+  .venv-octodns/bin/pip install -q octodns octodns-powerdns
+fi

@@ -81,7 +81,15 @@ def machine() -> dict[str, str]:
     }
 
 
-def render(rows: list[Row], info: dict[str, str], *, quick: bool, reps: str, elapsed: float) -> str:
+def render(
+    rows: list[Row],
+    info: dict[str, str],
+    *,
+    quick: bool,
+    reps: str,
+    elapsed: float,
+    kept_from: str | None = None,
+) -> str:
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     mode = "quick (`make bench-quick`)" if quick else "full (`make bench`)"
     lines = [
@@ -94,6 +102,14 @@ def render(rows: list[Row], info: dict[str, str], *, quick: bool, reps: str, ela
         "",
         f"- date: {now}; mode: {mode}; repetitions: {reps}; wall time {elapsed:.0f} s",
         "- machine: " + "; ".join(f"{k} {v}" for k, v in info.items()),
+        *(
+            [
+                "- rows of scenarios not run this time (`--only`) are kept from the run of "
+                + kept_from
+            ]
+            if kept_from
+            else []
+        ),
         "",
         "| # | scenario | ours p50 / p99 / max (or figure) | baseline p50 | ratio | target "
         "| met? |",
@@ -112,3 +128,51 @@ def render(rows: list[Row], info: dict[str, str], *, quick: bool, reps: str, ela
 def write(text: str, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+
+
+NOT_RUN = "not run (--only)"
+_CELL = re.compile(r"(?<!\\)\|")
+
+
+def _key(scenario: str) -> str:
+    return scenario.split(" ", 1)[0]
+
+
+def previous_rows(path: Path) -> tuple[dict[str, list[Row]], str | None]:
+    """The rows of the last written table, by scenario key ("S1"), and that run's date."""
+    if not path.exists():
+        return {}, None
+    found: dict[str, list[Row]] = {}
+    by_name: dict[str, Row] = {}
+    date = None
+    for line in path.read_text().splitlines():
+        if line.startswith("- date: "):
+            date = line[len("- date: ") :].split(";", 1)[0]
+        elif line.startswith("| ") and not line.startswith("| #"):
+            cells = [c.strip().replace("\\|", "|") for c in _CELL.split(line)[1:-1]]
+            if len(cells) == 7 and cells[0].isdigit():
+                scenario, ours, baseline, ratio, target, met = cells[1:]
+                row = Row(scenario, ours, baseline, ratio, target, met)
+                found.setdefault(_key(row.scenario), []).append(row)
+                by_name[row.scenario] = row
+        elif line.startswith("- **") and "**: " in line:
+            name, _, note = line[4:].partition("**: ")
+            if name in by_name:
+                by_name[name].notes.append(note)
+    return found, date
+
+
+def keep_previous(rows: list[Row], path: Path) -> tuple[list[Row], str | None]:
+    """Rows of scenarios not run this time (``--only``) replaced by those of the previous
+    table, when it has them; also returns the previous run's date (None if none kept)."""
+    previous, date = previous_rows(path)
+    out: list[Row] = []
+    kept = False
+    for row in rows:
+        old = previous.pop(_key(row.scenario), None) if row.ours == NOT_RUN else None
+        if old and all(r.ours != NOT_RUN for r in old):
+            out += old
+            kept = True
+        else:
+            out.append(row)
+    return out, date if kept else None

@@ -6,7 +6,9 @@ consumer starts is unroutable):
     sitefleet.jobs   (topic)  --deployment.*, site.*-->  deployer.jobs
                               --dns.*-->                 dns.jobs
     sitefleet.events (topic)  --deployment.*, site.*, dns.*-->   api.events
-                              --*.failed, *.parked-->             notifier.events
+                              --*.failed, *.parked, *.succeeded,
+                                dns.drift, dns.halted-->          notifier.events
+                              --deployment.succeeded-->           dns.events
 
 Every work queue ``Q`` is a quorum queue with:
     Q.wait.<delay>  one TTL'd quorum queue per backoff step; expired messages dead-letter
@@ -61,9 +63,13 @@ DEPLOYER_JOBS = QueueSpec("deployer.jobs", JOBS_EXCHANGE, ("deployment.*", "site
 DNS_JOBS = QueueSpec("dns.jobs", JOBS_EXCHANGE, ("dns.*",))
 API_EVENTS = QueueSpec("api.events", EVENTS_EXCHANGE, ("deployment.*", "site.*", "dns.*"))
 NOTIFIER_EVENTS = QueueSpec(
-    "notifier.events", EVENTS_EXCHANGE, ("*.failed", "*.parked", "*.succeeded", "dns.drift")
+    "notifier.events",
+    EVENTS_EXCHANGE,
+    ("*.failed", "*.parked", "*.succeeded", "dns.drift", "dns.halted"),
 )
-ALL_QUEUES = (DEPLOYER_JOBS, DNS_JOBS, API_EVENTS, NOTIFIER_EVENTS)
+# The DNS/CDN service purges a site's CDN cache once a deployment is live.
+DNS_EVENTS = QueueSpec("dns.events", EVENTS_EXCHANGE, ("deployment.succeeded",))
+ALL_QUEUES = (DEPLOYER_JOBS, DNS_JOBS, API_EVENTS, NOTIFIER_EVENTS, DNS_EVENTS)
 
 
 def format_delay(seconds: float) -> str:

@@ -152,6 +152,11 @@ class DeploymentProgressed(DeploymentReport):
 class DeploymentSucceeded(DeploymentReport):
     TYPE: ClassVar[str] = "deployment.succeeded"
 
+    # Site paths ("/", "/blog/post/") whose content this deployment changed, for the CDN
+    # purge; None when not known (then the whole site is purged). Optional, so events from
+    # deployers that do not send it still parse.
+    changed_paths: list[str] | None = None
+
 
 class DeploymentFailed(DeploymentReport):
     TYPE: ClassVar[str] = "deployment.failed"
@@ -209,6 +214,18 @@ class DnsDrifted(Message):
     error: ErrorInfo
 
 
+class DnsRunHalted(Message):
+    """A DNS run over many sites (the drift sweep, ``sitefleet dns sync`` of all) would have
+    deleted records in more zones than the fleet-wide circuit breaker allows; it wrote
+    nothing. An alert for the operators (no tenant, no site)."""
+
+    TYPE: ClassVar[str] = "dns.halted"
+
+    run: str
+    zones: list[str]
+    error: ErrorInfo
+
+
 class JobParked(Message):
     """A job gave up (retries exhausted or a permanent error); ``TYPE`` is set per job."""
 
@@ -240,6 +257,7 @@ PAYLOADS: dict[str, type[Message]] = {
         DnsRecordsRemoved,
         DnsFailed,
         DnsDrifted,
+        DnsRunHalted,
     )
 }
 

@@ -10,10 +10,14 @@ import asyncio
 import logging
 
 import httpx
+from aio_pika.abc import AbstractConnection
 
+from services.dns.cdn import open_cdn_provider
 from services.dns.consumer import DnsJobHandler
 from services.dns.local_cdn import ensure_local_cdn_zone
 from services.dns.powerdns import PowerDnsClient
+from services.dns.provider import open_dns_provider
+from services.dns.purge import CdnPurgeHandler
 from services.dns.settings import DnsSettings
 from services.dns.sweep import sweep_forever
 from shared import broker
@@ -53,20 +57,29 @@ async def main() -> None:
     engine = create_engine(settings.database_url, application_name="sitefleet-dns", pool_size=2)
     try:
         async with httpx.AsyncClient() as http:
-            client = PowerDnsClient.from_settings(http, settings)
-            if settings.local_cdn_zone:
+            client = open_dns_provider(http, settings)
+            if settings.local_cdn_zone and isinstance(client, PowerDnsClient):
                 await _ensure_cdn_zone(client, settings, stop)
+            cdn = open_cdn_provider(http, settings)
             publisher = broker.Publisher()
             handler = DnsJobHandler(
                 sessionmaker=create_sessionmaker(engine),
                 client=client,
                 publisher=publisher,
                 settings=settings,
+                cdn=cdn,
             )
             consumer = Consumer(broker.DNS_JOBS, handler, publisher, settings.retry_delays)
+            purger = Consumer(
+                broker.DNS_EVENTS, CdnPurgeHandler(cdn), publisher, settings.retry_delays
+            )
+
+            async def start_purger(connection: AbstractConnection) -> None:
+                await purger.start(await connection.channel(), settings.prefetch)
+
             sweeper = (
                 asyncio.create_task(
-                    sweep_forever(create_sessionmaker(engine), client, publisher, settings)
+                    sweep_forever(create_sessionmaker(engine), client, publisher, settings, cdn)
                 )
                 if settings.drift_interval > 0
                 else None
@@ -74,8 +87,15 @@ async def main() -> None:
             log.info("dns service consuming", extra={"queue": broker.DNS_JOBS.name})
             # prefetch 1: one job at a time, so one writer to PowerDNS.
             await consume_until(
-                stop, settings, name="dns", consumer=consumer, prefetch=1, grace=DRAIN_TIMEOUT
+                stop,
+                settings,
+                name="dns",
+                consumer=consumer,
+                prefetch=1,
+                grace=DRAIN_TIMEOUT,
+                also=start_purger,
             )
+            await purger.stop(DRAIN_TIMEOUT)
             if sweeper is not None:
                 sweeper.cancel()
     finally:

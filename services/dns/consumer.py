@@ -8,6 +8,7 @@ Outcomes (acks, retries and parking are shared/consumer.py's job):
         Transient provider error: roll back, raise (retry with backoff).
         any other Sitefleet error: roll back, emit dns.failed, raise (parked).
     dns.removal_requested    -> remove_site, commit, emit dns.records_removed.
+The CDN provider's setup for the site (e.g. a bunny.net pull zone) comes before its records.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ import time
 
 from sqlalchemy import select
 
+from services.dns.cdn import CdnProvider
 from services.dns.metrics import CHANGES, RECONCILES, VERIFY_SECONDS
-from services.dns.powerdns import PowerDnsClient
+from services.dns.provider import DnsProvider
 from services.dns.reconcile import DnsNotVerified, apply_site, remove_site
 from services.dns.settings import DnsSettings
-from services.dns.verification import Verifier
+from services.dns.verification import RecordVerifier, verifier_for
 from shared.broker import Publisher
 from shared.db import SessionMaker
 from shared.errors import Permanent, SitefleetError, Transient
@@ -44,16 +46,18 @@ class DnsJobHandler:
         self,
         *,
         sessionmaker: SessionMaker,
-        client: PowerDnsClient,
+        client: DnsProvider,
         publisher: Publisher,
         settings: DnsSettings,
-        verifier: Verifier | None = None,
+        verifier: RecordVerifier | None = None,
+        cdn: CdnProvider | None = None,
     ) -> None:
         self.sessionmaker = sessionmaker
         self.client = client
         self.publisher = publisher
         self.settings = settings
-        self.verifier = verifier or Verifier.from_settings(settings)
+        self.verifier = verifier or verifier_for(client, settings)
+        self.cdn = cdn
 
     async def __call__(self, envelope: Envelope, payload: Message) -> None:
         if isinstance(payload, DnsReconcileRequested):
@@ -70,6 +74,8 @@ class DnsJobHandler:
         not_verified: DnsNotVerified | None = None
         started = time.perf_counter()
         try:
+            if self.cdn is not None:
+                await self.cdn.ensure_site(job.domain)
             async with self.sessionmaker.begin() as session:
                 try:
                     result = await apply_site(
@@ -80,6 +86,7 @@ class DnsJobHandler:
                         domain=job.domain,
                         settings=self.settings,
                         verifier=self.verifier,
+                        targets=self.cdn.targets(job.domain) if self.cdn else None,
                     )
                 except DnsNotVerified as exc:
                     not_verified = exc  # keep the applied rows: leave the block normally
@@ -112,6 +119,8 @@ class DnsJobHandler:
     async def remove(self, job: DnsRemovalRequested) -> None:
         async with self.sessionmaker.begin() as session:
             await remove_site(session, self.client, site_id=job.site_id, domain=job.domain)
+        if self.cdn is not None:
+            await self.cdn.remove_site(job.domain)
         await self.publisher.emit(
             DnsRecordsRemoved(tenant_id=job.tenant_id, site_id=job.site_id, domain=job.domain)
         )

@@ -13,3 +13,14 @@ VERIFY_SECONDS = Histogram(
     buckets=(0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100),
 )
 DRIFT = Counter("sitefleet_dns_drift_total", "Sites found drifted by the sweep")
+# Provider API calls by provider and HTTP status ("unreachable" when none came back).
+API_CALLS = Counter(
+    "sitefleet_dns_api_calls_total", "DNS/CDN provider API calls", ["provider", "status"]
+)
+RATE_LIMITED = Counter(
+    "sitefleet_dns_rate_limited_total", "Provider answers 429 (rate limited)", ["provider"]
+)
+HALTED = Counter(
+    "sitefleet_dns_runs_halted_total", "Runs halted by a safety limit, by limit", ["limit"]
+)
+PURGES = Counter("sitefleet_cdn_purges_total", "CDN purges, by provider", ["provider"])

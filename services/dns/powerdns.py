@@ -17,72 +17,45 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 
+from services.dns.metrics import API_CALLS
+from services.dns.provider import (
+    ACCOUNT,
+    ChangeErrors,
+    RRsetChange,
+    Zone,
+    ZoneRRset,
+    marker_text,
+    owner_in,
+)
 from services.dns.records import RRset, make_rrset
 from services.dns.settings import DnsSettings
 from shared.errors import Invalid, Permanent, Transient, Unavailable
-
-ACCOUNT = "sitefleet"
-# The ownership marker is an RRset comment "managed-by sitefleet <owner>" whose account is
-# ACCOUNT; ``owner`` is "site=<site id>" for a site's records.
-MARKER = "managed-by sitefleet"
 
 # Writes are serialized per API URL for the whole process (see the module docstring).
 _write_locks: dict[str, asyncio.Lock] = {}
 
 
-@dataclass(frozen=True)
-class ZoneRRset:
-    """An RRset as PowerDNS holds it: normalized contents plus who owns it."""
-
-    rrset: RRset
-    # The owner tag of our marker comment ("site=<id>"), or None when we did not write it.
-    owner: str | None
-    # True when some record of the set is disabled (then it does not serve what we want).
-    has_disabled: bool = False
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return self.rrset.key
-
-
-@dataclass(frozen=True)
-class Zone:
-    name: str
-    kind: str
-    account: str
-    rrsets: dict[tuple[str, str], ZoneRRset] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class RRsetChange:
-    changetype: Literal["REPLACE", "DELETE"]
-    rrset: RRset
-    # For REPLACE: the owner tag written into the marker comment.
-    owner: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "name": self.rrset.name,
-            "type": self.rrset.type,
-            "changetype": self.changetype,
-        }
-        if self.changetype == "REPLACE":
-            body["ttl"] = self.rrset.ttl
-            body["records"] = [{"content": c, "disabled": False} for c in self.rrset.contents]
-            body["comments"] = [{"content": f"{MARKER} {self.owner}", "account": ACCOUNT}]
-        return body
+def change_json(change: RRsetChange) -> dict[str, Any]:
+    """One item of a PowerDNS PATCH body."""
+    rrset = change.rrset
+    body: dict[str, Any] = {"name": rrset.name, "type": rrset.type, "changetype": change.changetype}
+    if change.changetype == "REPLACE":
+        body["ttl"] = rrset.ttl
+        body["records"] = [{"content": c, "disabled": False} for c in rrset.contents]
+        body["comments"] = [{"content": marker_text(change.owner), "account": ACCOUNT}]
+    return body
 
 
 def owner_of(comments: list[dict[str, Any]]) -> str | None:
     for comment in comments:
-        content = str(comment.get("content", ""))
-        if comment.get("account") == ACCOUNT and content.startswith(MARKER + " "):
-            return content[len(MARKER) + 1 :].strip()
+        if comment.get("account") == ACCOUNT:
+            owner = owner_in(str(comment.get("content", "")))
+            if owner is not None:
+                return owner
     return None
 
 
@@ -110,6 +83,10 @@ def parse_zone(data: dict[str, Any]) -> Zone:
 
 
 class PowerDnsClient:
+    """The ``powerdns`` DNS provider (services/dns/provider.py)."""
+
+    name = "powerdns"
+
     def __init__(
         self,
         http: httpx.AsyncClient,
@@ -124,6 +101,10 @@ class PowerDnsClient:
         self._headers = {"X-API-Key": api_key, "Accept": "application/json"}
         self._timeout = timeout
         self._lock = _write_locks.setdefault(self.base, asyncio.Lock())
+        # Zones as last read, with the SOA serial they had: PowerDNS bumps the serial on
+        # every API edit (soa_edit_api DEFAULT), so an unchanged serial means an unchanged
+        # zone and the sweep skips re-reading it (``zone_versions``).
+        self._seen: dict[str, tuple[int, Zone]] = {}
 
     @classmethod
     def from_settings(cls, http: httpx.AsyncClient, settings: DnsSettings) -> PowerDnsClient:
@@ -135,11 +116,27 @@ class PowerDnsClient:
             timeout=settings.pdns_timeout,
         )
 
-    async def get_zone(self, name: str) -> Zone | None:
+    async def get_zone(self, name: str, *, version: int | None = None) -> Zone | None:
+        """The zone, or None; with ``version`` (a serial from ``zone_versions``) the copy
+        read at that serial is returned without asking PowerDNS again."""
+        seen = self._seen.get(name)
+        if version is not None and seen is not None and seen[0] == version:
+            return seen[1]
         response = await self._request("GET", f"/zones/{name}", expected=(404,))
         if response.status_code == 404:
+            self._seen.pop(name, None)
             return None
-        return parse_zone(response.json())
+        return self._remember(response.json())
+
+    async def zone_versions(self) -> dict[str, int]:
+        """Every zone's SOA serial, in one call."""
+        response = await self._request("GET", "/zones")
+        return {z["name"]: int(z.get("serial") or 0) for z in response.json()}
+
+    def _remember(self, data: dict[str, Any]) -> Zone:
+        zone = parse_zone(data)
+        self._seen[zone.name] = (int(data.get("serial") or 0), zone)
+        return zone
 
     async def create_zone(
         self,
@@ -148,8 +145,10 @@ class PowerDnsClient:
         nameservers: Sequence[str],
         account: str = ACCOUNT,
         negative_ttl: int = 300,
+        changes: Sequence[RRsetChange] = (),
     ) -> bool:
-        """Create a Native zone; False when it already exists (whoever created it)."""
+        """Create a Native zone holding ``changes``' RRsets (one write for a new site);
+        False when it already exists (whoever created it; ``changes`` are not applied)."""
         if not nameservers:
             raise Invalid(f"zone {name} needs at least one nameserver (settings.nameservers)")
         soa = f"{nameservers[0]} hostmaster.{name} 1 10800 3600 604800 {negative_ttl}"
@@ -167,11 +166,42 @@ class PowerDnsClient:
                     "ttl": 3600,
                     "records": [{"content": soa, "disabled": False}],
                 }
+            ]
+            + [
+                {k: v for k, v in change_json(c).items() if k != "changetype"}
+                for c in changes
+                if c.changetype == "REPLACE"
             ],
         }
         async with self._lock:
             response = await self._request("POST", "/zones", json=body, expected=(409,))
-        return response.status_code != 409
+        if response.status_code == 409:
+            return False
+        self._remember(response.json())
+        return True
+
+    async def create_zone_with(
+        self,
+        name: str,
+        changes: Sequence[RRsetChange],
+        *,
+        nameservers: Sequence[str],
+        negative_ttl: int = 300,
+    ) -> ChangeErrors | None:
+        """One POST creates the zone with its RRsets: a new site costs one write."""
+        created = await self.create_zone(
+            name, nameservers=nameservers, negative_ttl=negative_ttl, changes=changes
+        )
+        return {} if created else None
+
+    def compile(self, rrsets: Sequence[RRset]) -> list[RRset]:
+        """PowerDNS serves our records as they are (ALIAS with ``expand-alias``)."""
+        return list(rrsets)
+
+    async def apply_changes(self, zone: str, changes: Sequence[RRsetChange]) -> ChangeErrors:
+        """One atomic PATCH: all changes are written, or the call raises."""
+        await self.patch_rrsets(zone, changes)
+        return {}
 
     async def patch_rrsets(self, zone: str, changes: Sequence[RRsetChange]) -> None:
         """All changes of one zone in one PATCH: PowerDNS applies them atomically."""
@@ -179,12 +209,14 @@ class PowerDnsClient:
             return
         # Deletions first, so a replaced type at the same name never conflicts with them.
         ordered = sorted(changes, key=lambda c: c.changetype != "DELETE")
+        self._seen.pop(zone, None)
         async with self._lock:
             await self._request(
-                "PATCH", f"/zones/{zone}", json={"rrsets": [c.to_json() for c in ordered]}
+                "PATCH", f"/zones/{zone}", json={"rrsets": [change_json(c) for c in ordered]}
             )
 
     async def delete_zone(self, name: str) -> None:
+        self._seen.pop(name, None)
         async with self._lock:
             await self._request("DELETE", f"/zones/{name}", expected=(404,))
 
@@ -201,11 +233,13 @@ class PowerDnsClient:
                 method, self.base + path, json=json, headers=self._headers, timeout=self._timeout
             )
         except httpx.TransportError as exc:
+            API_CALLS.labels(self.name, "unreachable").inc()
             raise Unavailable(
                 f"PowerDNS API unreachable ({method} {path}): {type(exc).__name__}: {exc}",
                 code="dns_provider_unavailable",
             ) from exc
         status = response.status_code
+        API_CALLS.labels(self.name, str(status)).inc()
         if status < 400 or status in expected:
             return response
         message = f"PowerDNS {method} {path} -> HTTP {status}: {_error_text(response)}"

@@ -1,9 +1,10 @@
-"""Reconciling a site's desired records with PowerDNS, recording and verifying them.
+"""Reconciling a site's desired records with its DNS provider, recording and verifying them.
 
-Per zone: read the RRsets, diff them at RRset level against the desired ones (normalized, so
-the plan right after an apply is empty), send every change in one atomic PATCH, record each
-record in ``dns_records`` (this service is its only writer), then check that the
-authoritative server serves them: ``pending -> applied -> verified`` or ``error``.
+Per zone: read the RRsets, diff them at RRset level against the desired ones compiled for
+the provider (normalized, so the plan right after an apply is empty), check the zone's
+safety limits, write the changes (PowerDNS: one atomic PATCH; Cloudflare: batches), record
+each record in ``dns_records`` (this service is its only writer), then check that they are
+served: ``pending -> applied -> verified`` or ``error``.
 
 Ownership: we create or replace an RRset only when it is absent or carries our marker
 comment for this site, and delete only RRsets marked as ours. Anything else at one of our
@@ -16,16 +17,25 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import delete, func, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.dns.powerdns import ACCOUNT, PowerDnsClient, RRsetChange, Zone, ZoneRRset
-from services.dns.records import RRset, desired_rrsets, zone_of
+from services.dns.placement import site_addresses
+from services.dns.provider import (
+    ACCOUNT,
+    ChangeErrors,
+    DnsProvider,
+    RRsetChange,
+    Zone,
+    ZoneRRset,
+)
+from services.dns.records import CdnTargets, RRset, desired_rrsets, zone_of
+from services.dns.safety import check_zone_limits
 from services.dns.settings import DnsSettings
-from services.dns.verification import Verifier
+from services.dns.verification import RecordVerifier, verifier_for
 from shared.errors import Transient
 from shared.models import DnsRecord
 
@@ -57,6 +67,13 @@ class Plan:
     # Ours (this owner's marker) but no longer desired.
     delete: tuple[RRset, ...]
     blocked: tuple[Blocked, ...]
+    # The contents of the RRsets this owner held in the zone when planned (for the change
+    # ratio of the safety limits).
+    owned_contents: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def owned(self) -> int:
+        return len(self.owned_contents)
 
     def changes(self, owner: str) -> list[RRsetChange]:
         """The PATCH items; written RRsets carry ``owner``'s marker comment."""
@@ -93,6 +110,12 @@ def _excludes(a: str, b: str) -> bool:
     return "ALIAS" in (a, b) and bool({a, b} & {"A", "AAAA"})
 
 
+def _served_as(rrset: RRset, zone: str) -> str:
+    """A CNAME at the apex can only be Cloudflare's flattened one (we never write a raw
+    apex CNAME): it answers like an ALIAS and may share the apex with MX, TXT..."""
+    return "ALIAS" if rrset.type == "CNAME" and rrset.name == zone else rrset.type
+
+
 def _foreign_reason(current: ZoneRRset, rrset_name: str) -> str:
     what = f"{rrset_name} {current.rrset.type}"
     if current.owner is None:
@@ -120,7 +143,7 @@ def compute_plan(
             (
                 z
                 for z in at_name[rrset.name]
-                if z.owner != owner and _excludes(rrset.type, z.rrset.type)
+                if z.owner != owner and _excludes(_served_as(rrset, zone), z.rrset.type)
             ),
             None,
         )
@@ -140,18 +163,29 @@ def compute_plan(
         replace=tuple(replace),
         delete=tuple(stale),
         blocked=tuple(blocked),
+        owned_contents={z.key: z.rrset.contents for z in current.values() if z.owner == owner},
     )
 
 
 async def plan_site(
-    client: PowerDnsClient, *, site_id: str, domain: str, settings: DnsSettings
+    client: DnsProvider,
+    *,
+    site_id: str,
+    domain: str,
+    settings: DnsSettings,
+    addresses: list[str] | None = None,
+    targets: CdnTargets | None = None,
+    version: int | None = None,
 ) -> Plan:
-    """What ``apply_site`` would change now (read-only)."""
+    """What ``apply_site`` would change now (read-only). ``addresses``: the site's web host
+    addresses (services/dns/placement.py; None = settings); ``version``: the zone's version
+    from ``zone_versions`` (an unchanged zone is then not read again)."""
     zone_name = zone_of(domain)
-    zone = await client.get_zone(zone_name)
+    zone = await client.get_zone(zone_name, version=version)
+    desired = desired_rrsets(domain, settings, addresses=addresses, targets=targets)
     return compute_plan(
         zone_name,
-        desired_rrsets(domain, settings),
+        client.compile(desired),
         zone.rrsets if zone is not None else {},
         site_owner(site_id),
     )
@@ -159,34 +193,55 @@ async def plan_site(
 
 async def apply_site(
     session: AsyncSession,
-    client: PowerDnsClient,
+    client: DnsProvider,
     *,
     tenant_id: str,
     site_id: str,
     domain: str,
     settings: DnsSettings,
-    verifier: Verifier | None = None,
+    verifier: RecordVerifier | None = None,
+    targets: CdnTargets | None = None,
 ) -> ApplyResult:
-    """Make PowerDNS serve the site's records, record them, and verify they are served.
+    """Make the provider serve the site's records, record them, and verify they are served.
 
-    Raises ``DnsNotVerified`` (Transient) when some applied record is still not served
-    after the verifier's attempts; provider errors as ``powerdns`` documents.
+    Raises ``SafetyLimitExceeded`` (Permanent) before writing anything when the zone's
+    changes pass a safety limit; ``DnsNotVerified`` (Transient) when some applied record is
+    still not served after the verifier's attempts; provider errors as each documents.
     """
     zone_name = zone_of(domain)
+    owner = site_owner(site_id)
+    addresses = await site_addresses(session, site_id)
+    refused: ChangeErrors | None = None
     if await client.get_zone(zone_name) is None:
-        await client.create_zone(
-            zone_name, nameservers=settings.nameservers, negative_ttl=settings.dns_ttl
+        # A new zone is created holding the records (PowerDNS: one write).
+        desired = desired_rrsets(domain, settings, addresses=addresses, targets=targets)
+        plan = compute_plan(zone_name, client.compile(desired), {}, owner)
+        refused = await client.create_zone_with(
+            zone_name,
+            plan.changes(owner),
+            nameservers=settings.nameservers,
+            negative_ttl=settings.dns_ttl,
         )
-    plan = await plan_site(client, site_id=site_id, domain=domain, settings=settings)
-    await client.patch_rrsets(zone_name, plan.changes(site_owner(site_id)))
+    if refused is None:  # the zone was there (or appeared meanwhile): diff against it
+        plan = await plan_site(
+            client,
+            site_id=site_id,
+            domain=domain,
+            settings=settings,
+            addresses=addresses,
+            targets=targets,
+        )
+        check_zone_limits(plan, settings)
+        refused = await client.apply_changes(zone_name, plan.changes(owner))
 
     reasons = {b.rrset.key: b.reason for b in plan.blocked}
+    reasons.update(refused)
     await _sync_rows(
         session, tenant_id=tenant_id, site_id=site_id, zone=zone_name, plan=plan, errors=reasons
     )
 
     applied = [r for r in plan.desired if r.key not in reasons]
-    outcome = await (verifier or Verifier.from_settings(settings)).verify(applied)
+    outcome = await (verifier or verifier_for(client, settings)).verify(applied, zone=zone_name)
     verified = tuple(r for r in applied if outcome[r.key] is None)
     await _record_verification(session, site_id=site_id, outcome=outcome)
     failing = {f"{name} {rtype}": why for (name, rtype), why in outcome.items() if why}
@@ -197,7 +252,7 @@ async def apply_site(
 
 
 async def remove_site(
-    session: AsyncSession, client: PowerDnsClient, *, site_id: str, domain: str
+    session: AsyncSession, client: DnsProvider, *, site_id: str, domain: str
 ) -> list[RRset]:
     """Delete the RRsets this site owns, and its zone if we created it and it is now empty
     of anything but SOA/NS; forget the site's ``dns_records``. Returns what was deleted."""
@@ -207,7 +262,7 @@ async def remove_site(
     zone = await client.get_zone(zone_name)
     if zone is not None:
         deleted = [z.rrset for z in zone.rrsets.values() if z.owner == owner]
-        await client.patch_rrsets(zone_name, [RRsetChange("DELETE", r) for r in deleted])
+        await client.apply_changes(zone_name, [RRsetChange("DELETE", r) for r in deleted])
         # Re-read: only delete a zone nobody added anything to in the meantime.
         zone = await client.get_zone(zone_name) if deleted else zone
         if zone is not None and _is_empty_own_zone(zone):

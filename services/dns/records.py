@@ -25,6 +25,9 @@ class RRset:
     type: str
     ttl: int
     contents: tuple[str, ...]
+    # Cloudflare only: served through its proxy (CDN). None where the provider has no such
+    # thing (PowerDNS).
+    proxied: bool | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -56,13 +59,21 @@ def normalize_content(rtype: str, content: str) -> str:
     return content.strip()
 
 
-def make_rrset(name: str, rtype: str, ttl: int, contents: list[str] | tuple[str, ...]) -> RRset:
+def make_rrset(
+    name: str,
+    rtype: str,
+    ttl: int,
+    contents: list[str] | tuple[str, ...],
+    *,
+    proxied: bool | None = None,
+) -> RRset:
     rtype = rtype.upper()
     return RRset(
         name=fqdn(name),
         type=rtype,
         ttl=ttl,
         contents=tuple(sorted({normalize_content(rtype, c) for c in contents})),
+        proxied=proxied,
     )
 
 
@@ -79,17 +90,36 @@ def media_hostname(domain: str, settings: RecordSettings) -> str:
     return fqdn(settings.cdn_media_pattern.format(slug=domain_slug(normalize_domain(domain))))
 
 
-def desired_rrsets(domain: str, settings: RecordSettings) -> list[RRset]:
+@dataclass(frozen=True)
+class CdnTargets:
+    """Where a site's apex, ``www`` and ``media`` names point (a CDN provider's answer)."""
+
+    edge: str
+    media: str
+    # True when the DNS provider itself is the CDN (Cloudflare proxied records): then the
+    # targets are the site's own origin name and the records are marked proxied.
+    proxied: bool = False
+
+
+def desired_rrsets(
+    domain: str,
+    settings: RecordSettings,
+    *,
+    addresses: list[str] | None = None,
+    targets: CdnTargets | None = None,
+) -> list[RRset]:
     """The RRsets a site on ``domain`` needs, sorted by (name, type).
 
-    ``proxy.<domain>`` gets one A (and/or AAAA) RRset with every web host address; the apex
-    points at the site's edge through ALIAS (a CNAME at a zone apex is illegal DNS), ``www``
-    at the same edge and ``media`` at the media CDN through CNAMEs.
+    ``proxy.<domain>`` gets one A (and/or AAAA) RRset with every address of the web hosts
+    the site lives on (``addresses``; ``settings.web_host_addresses`` when it has no
+    placement yet); the apex points at the site's edge through ALIAS (a CNAME at a zone
+    apex is illegal DNS), ``www`` at the same edge and ``media`` at the media CDN through
+    CNAMEs. ``targets`` defaults to the static CDN's hostname patterns from settings.
     """
     apex = zone_of(domain)
     ttl = settings.dns_ttl
     by_family: dict[str, list[str]] = {"A": [], "AAAA": []}
-    for raw in settings.web_host_addresses:
+    for raw in addresses or settings.web_host_addresses:
         try:
             address = ipaddress.ip_address(raw.strip())
         except ValueError:
@@ -98,14 +128,17 @@ def desired_rrsets(domain: str, settings: RecordSettings) -> list[RRset]:
     if not any(by_family.values()):
         raise Invalid("no web host addresses configured for proxy records")
 
-    edge = edge_hostname(domain, settings)
+    if targets is None:
+        targets = CdnTargets(edge_hostname(domain, settings), media_hostname(domain, settings))
+    edge, media = fqdn(targets.edge), fqdn(targets.media)
+    proxied = True if targets.proxied else None
     rrsets = [make_rrset("proxy." + apex, t, ttl, a) for t, a in by_family.items() if a]
     rrsets += [
-        make_rrset(apex, "ALIAS", ttl, [edge]),
-        make_rrset("www." + apex, "CNAME", ttl, [edge]),
-        make_rrset("media." + apex, "CNAME", ttl, [media_hostname(domain, settings)]),
+        make_rrset(apex, "ALIAS", ttl, [edge], proxied=proxied),
+        make_rrset("www." + apex, "CNAME", ttl, [edge], proxied=proxied),
+        make_rrset("media." + apex, "CNAME", ttl, [media], proxied=proxied),
     ]
-    for target in (edge, media_hostname(domain, settings)):
+    for target in () if targets.proxied else (edge, media):
         if target == apex or target.endswith("." + apex):
             # A CDN name inside the site's own zone would point the site at itself.
             raise Invalid(f"CDN hostname {target} lies inside the site's zone {apex}")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import CommonSettings, EdgeSettings, WebHostSettings
@@ -37,3 +39,48 @@ class DnsSettings(CommonSettings, WebHostSettings, EdgeSettings):
     verify_timeout: float = 2.0
     # Seconds between drift sweeps (every site's records compared with PowerDNS); 0 = off.
     drift_interval: float = 300.0
+
+    # --- providers (README "DNS and CDN providers") ---
+    dns_provider: Literal["powerdns", "cloudflare"] = "powerdns"
+    cloudflare_api_url: str = "https://api.cloudflare.com/client/v4"
+    cloudflare_api_token: str = ""
+    # Needed only to create zones that are not in the account yet.
+    cloudflare_account_id: str = ""
+    # The account's API budget: this many calls per this many seconds (token bucket).
+    cloudflare_rate_calls: int = 1200
+    cloudflare_rate_period: float = 300.0
+    # Record operations per batch call (200 is the Free plan's limit).
+    cloudflare_batch_size: int = 200
+    # A 429 asking to wait longer than this is left to the job's retry ladder.
+    cloudflare_max_retry_after: float = 60.0
+    cloudflare_timeout: float = 10.0
+    # "host:port" of a Cloudflare name server to verify answers against (e.g. the zone's
+    # assigned one); empty: verify by reading the records back through the API.
+    cloudflare_verify_nameserver: str = ""
+
+    # --- safety limits ---
+    # Per zone and run: more deletions than this, or more than this share of the RRsets we
+    # own there changed (checked once we own at least dns_change_ratio_min of them), halts
+    # the zone's run before anything is written.
+    dns_max_deletes_per_zone: int = 4
+    dns_max_change_ratio: float = 0.8
+    dns_change_ratio_min: int = 4
+    # Fleet-wide circuit breaker: a run over many sites (the sweep, `dns sync` of all) that
+    # would delete records in more than this many zones halts before applying anything.
+    dns_breaker_max_zones: int = 10
+
+    # --- CDN provider ---
+    cdn_provider: Literal["static", "bunny", "cloudflare"] = "static"
+    bunny_api_url: str = "https://api.bunny.net"
+    bunny_api_key: str = ""
+    # Pull zone names are "<prefix><site slug>"; their hostname "<name>.b-cdn.net".
+    bunny_pull_zone_prefix: str = "sf-"
+    bunny_cdn_domain: str = "b-cdn.net"
+    # Scheme of the purged URLs (the site's public URLs).
+    cdn_purge_scheme: str = "https"
+
+    @model_validator(mode="after")
+    def _providers_fit(self) -> DnsSettings:
+        if self.cdn_provider == "cloudflare" and self.dns_provider != "cloudflare":
+            raise ValueError("cdn_provider=cloudflare needs dns_provider=cloudflare")
+        return self

@@ -11,7 +11,7 @@ from datetime import datetime
 from shared.errors import Invalid
 from shared.messages import Envelope
 
-FAILURE_SUFFIXES = (".failed", ".parked", ".drift")
+FAILURE_SUFFIXES = (".failed", ".parked", ".drift", ".halted")
 RECOVERY_SUFFIX = ".succeeded"
 
 # Order matters: ids and uuids before bare hex, bare hex before numbers.

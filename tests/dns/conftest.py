@@ -30,7 +30,8 @@ from services.dns.reconcile import remove_site
 from services.dns.records import zone_of
 from services.dns.settings import DnsSettings
 from shared.db import SessionMaker, create_engine, create_sessionmaker
-from shared.models import DnsRecord
+from shared.models import DnsRecord, Tenant
+from shared.models import Site as SiteRow
 
 CDN_ZONE = "cdn.sitefleet.test"
 # Documentation addresses (RFC 5737): an answer containing them came from our records.
@@ -145,6 +146,41 @@ async def site(pdns_client: PowerDnsClient, sessionmaker: SessionMaker) -> Async
         await remove_site(session, pdns_client, site_id=made.site_id, domain=made.domain)
         await session.execute(delete(DnsRecord).where(DnsRecord.site_id == made.site_id))
     await pdns_client.delete_zone(made.zone)
+
+
+@pytest.fixture
+async def fleet(
+    pdns_client: PowerDnsClient, sessionmaker: SessionMaker
+) -> AsyncIterator[list[Site]]:
+    """Three sites registered in the API's tables (one tenant), removed afterwards."""
+    sites = []
+    async with sessionmaker.begin() as session:
+        tenant = f"tenant_{uuid.uuid4().hex[:10]}"
+        session.add(Tenant(id=tenant, name=f"t-{tenant}"))
+        await session.flush()
+        for _ in range(3):
+            suffix = uuid.uuid4().hex[:10]
+            made = Site(tenant_id=tenant, site_id=f"site_{suffix}", domain=f"f{suffix}.test")
+            sites.append(made)
+            session.add(
+                SiteRow(
+                    id=made.site_id,
+                    tenant_id=tenant,
+                    domain=made.domain,
+                    template="landing",
+                    template_version="1.0.0",
+                    params={},
+                    status="live",
+                    generation=1,
+                )
+            )
+    yield sites
+    async with sessionmaker.begin() as session:
+        for made in sites:
+            await remove_site(session, pdns_client, site_id=made.site_id, domain=made.domain)
+            await session.execute(delete(SiteRow).where(SiteRow.id == made.site_id))
+            await pdns_client.delete_zone(zone_of(made.domain))
+        await session.execute(delete(Tenant).where(Tenant.id == sites[0].tenant_id))
 
 
 async def add_foreign_rrset(pdns: PowerDns, zone: str, name: str, rtype: str, content: str) -> None:
