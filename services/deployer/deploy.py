@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 from services.deployer.build import build_release
 from services.deployer.fence import Fence, Fenced
 from services.deployer.health import check_release
-from services.deployer.nginx import StagedRules, render_rules
+from services.deployer.nginx import StagedRules, render_rules, served_paths
 from services.deployer.release import HostTransport, check_domain, check_release_id
 from services.deployer.settings import DeployerSettings
 from services.deployer.target import Target
@@ -135,6 +135,7 @@ async def _build_and_release(
     # Time has passed: a newer generation may have been requested meanwhile.
     if await run.fenced(fence):
         return
+    changed = await _changed_paths(targets, job.domain, job.deployment_id)
     rules = await _stage_rules(run, pack, targets, settings)
     try:
         await _activate_and_check(
@@ -143,7 +144,7 @@ async def _build_and_release(
     except SitefleetError:
         await rules.put_back()
         raise
-    await run.finish(DeploymentSucceeded, "live", stats=stats)
+    await run.finish(DeploymentSucceeded, "live", stats=stats, changed_paths=changed)
     log.info(
         "deployment live",
         extra={
@@ -201,13 +202,29 @@ async def _roll_back_to(
             f"release {release_id} of {domain} is no longer on {where}",
             code="release_not_found",
         )
+    changed = await _changed_paths(targets, domain, release_id)
     await _activate_and_check(run, release_id, targets=targets, settings=settings)
-    await run.finish(DeploymentSucceeded, "live", stats=DeploymentStats())
+    await run.finish(DeploymentSucceeded, "live", stats=DeploymentStats(), changed_paths=changed)
     log.info(
         "rolled back: release live again",
         extra={"deployment_id": run.job.deployment_id, "domain": domain, "release": release_id},
     )
     await _prune(targets, domain, settings.keep_releases)
+
+
+async def _changed_paths(
+    targets: Sequence[Target], domain: str, release_id: str
+) -> list[str] | None:
+    """The URL paths whose content the switch to ``release_id`` changes, for the CDN purge
+    (read on the first host: all hold the same releases). None: purge everything."""
+    try:
+        return served_paths(await targets[0].host.changed_files(domain, release_id))
+    except SitefleetError as exc:
+        log.warning(
+            "could not compare releases: the CDN purges the whole site",
+            extra={"domain": domain, "error": exc.message},
+        )
+        return None
 
 
 async def _stage_rules(
@@ -399,9 +416,10 @@ class _Run:
         *,
         stats: DeploymentStats | None = None,
         error: ErrorInfo | None = None,
+        **extra: Any,
     ) -> None:
         self.status = status
-        await self._send(event, status, stats=stats, error=error)
+        await self._send(event, status, stats=stats, error=error, **extra)
 
     async def _send(
         self,
@@ -410,6 +428,7 @@ class _Run:
         *,
         stats: DeploymentStats | None = None,
         error: ErrorInfo | None = None,
+        **extra: Any,
     ) -> None:
         job = self.job
         await self._report(
@@ -424,5 +443,6 @@ class _Run:
                 phases=[phase.model_copy() for phase in self.phases],
                 stats=stats,
                 error=error,
+                **extra,
             )
         )

@@ -57,3 +57,33 @@ def make_dirs(path: Path) -> None:
     for directory in reversed(missing):
         directory.mkdir(exist_ok=True)
         os.chmod(directory, DIR_MODE)
+
+
+def changed_files(site_dir: Path, release_id: str) -> list[str] | None:
+    """Files of release ``release_id`` whose content differs from what ``current`` serves,
+    plus the files ``current`` has that the release drops; None if nothing is served yet.
+
+    Both trees are hardlinks into the object store, so one inode means one content: no file
+    is read. (A file whose object was copied past the link limit counts as changed: a
+    harmless extra CDN purge.)"""
+    current = site_dir / CURRENT
+    if not current.is_symlink():
+        return None
+    old, new = _files(current), _files(site_dir / RELEASES / release_id)
+    return sorted(path for path in old.keys() | new.keys() if old.get(path) != new.get(path))
+
+
+def _files(root: Path) -> dict[str, tuple[int, int] | str]:
+    """Relative path -> (device, inode) of each file, or the target of each symlink."""
+    found: dict[str, tuple[int, int] | str] = {}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        base = Path(dirpath)
+        for name in filenames + [d for d in dirnames if (base / d).is_symlink()]:
+            path = base / name
+            rel = str(path.relative_to(root))
+            if path.is_symlink():
+                found[rel] = os.readlink(path)
+            else:
+                info = path.stat()
+                found[rel] = (info.st_dev, info.st_ino)
+    return found

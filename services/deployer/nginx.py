@@ -240,3 +240,26 @@ async def remove_rules(host: HostTransport, domain: str) -> None:
     change = await host.set_rules(domain, None)
     if change.changed:
         await host.reloads.request()
+
+
+# More changed URL paths than this: the CDN purges the whole site instead.
+MAX_PURGE_PATHS = 500
+
+
+def served_paths(files: list[str] | None) -> list[str] | None:
+    """The URL paths at which nginx serves ``files`` (release paths): ``blog/index.html``
+    is also ``/blog/`` and ``/blog``, ``about.html`` also ``/about`` (the catch-all's
+    ``$uri/`` and ``$uri.html``). None (everything) when unknown or too many."""
+    if files is None:
+        return None
+    paths: set[str] = set()
+    for file in files:
+        paths.add(f"/{file}")
+        if file == "index.html" or file.endswith("/index.html"):
+            directory = "/" + file.removesuffix("index.html")
+            paths.update({directory, directory.rstrip("/") or "/"})
+        elif file.endswith(".html"):
+            paths.add("/" + file.removesuffix(".html"))
+    if len(paths) > MAX_PURGE_PATHS:
+        return None
+    return sorted(paths)

@@ -40,6 +40,7 @@ from services.deployer.layout import (
     RELEASE_ID,
     RELEASES,
     TMP_PREFIX,
+    changed_files,
     list_releases,
     make_dirs,
     read_current,
@@ -144,6 +145,11 @@ class HostTransport(abc.ABC):
     @abc.abstractmethod
     async def remove_site(self, domain: str) -> None:
         """Stop serving the site at once, then delete all its files. Idempotent."""
+
+    @abc.abstractmethod
+    async def changed_files(self, domain: str, release_id: str) -> list[str] | None:
+        """Files whose content switching to ``release_id`` would change (layout.py's
+        ``changed_files``); None if the site serves nothing yet."""
 
     @abc.abstractmethod
     async def set_rules(self, domain: str, rules: str | None) -> RulesChange:
@@ -330,6 +336,12 @@ class LocalHost(HostTransport):
             return
         if site_dir.exists():
             self._delete_trees([site_dir])
+
+    async def changed_files(self, domain: str, release_id: str) -> list[str] | None:
+        site_dir = self._site_dir(domain)
+        check_release_id(release_id)
+        with _host_io("comparing releases", domain):
+            return await asyncio.to_thread(changed_files, site_dir, release_id)
 
     async def set_rules(self, domain: str, rules: str | None) -> RulesChange:
         check_domain(domain)

@@ -47,6 +47,7 @@ from services.deployer.layout import (
     RELEASE_ID,
     RELEASES,
     TMP_PREFIX,
+    changed_files,
     list_releases,
     make_dirs,
     read_current,
@@ -155,6 +156,10 @@ def serve(request: dict[str, Any], stdin: IO[bytes], stdout: IO[bytes]) -> Any:
         "prune": lambda: sites.prune(request["domain"], int(request["keep"])),
         "remove_site": lambda: sites.remove_site(request["domain"]),
         "collect_garbage": sites.collect_garbage,
+        "changed_files": lambda: changed_files(
+            sites._site_dir(request["domain"]),
+            sites._release_dir(request["domain"], request["release_id"]).name,
+        ),
         "set_rules": lambda: sites.set_rules(
             request["domain"], request["rules"], request["nginx_command"]
         ),

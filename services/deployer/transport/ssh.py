@@ -184,6 +184,12 @@ class SshHost(HostTransport):
     def site_root(self, domain: str) -> str:
         return str(PurePosixPath(self.sites_root) / check_domain(domain) / CURRENT)
 
+    async def changed_files(self, domain: str, release_id: str) -> list[str] | None:
+        files: list[str] | None = await self._call(
+            "changed_files", domain, release_id=check_release_id(release_id)
+        )
+        return files
+
     async def set_rules(self, domain: str, rules: str | None) -> RulesChange:
         command = self._nginx()
         done = await self._call("set_rules", domain, rules=rules, nginx_command=command)
