@@ -5,8 +5,9 @@ consumer starts is unroutable):
 
     sitefleet.jobs   (topic)  --deployment.*, site.*-->  deployer.jobs
                               --dns.*-->                 dns.jobs
-    sitefleet.events (topic)  --deployment.*, site.*, dns.*-->   api.events
-                              --*.failed, *.parked-->             notifier.events
+    sitefleet.events (topic)  --deployment.*, site.*, dns.*, rollout.*-->   api.events
+                              --*.failed, *.parked, *.succeeded, dns.drift,
+                                rollout.halted-->                          notifier.events
 
 Every work queue ``Q`` is a quorum queue with:
     Q.wait.<delay>  one TTL'd quorum queue per backoff step; expired messages dead-letter
@@ -59,9 +60,13 @@ class QueueSpec:
 
 DEPLOYER_JOBS = QueueSpec("deployer.jobs", JOBS_EXCHANGE, ("deployment.*", "site.*"))
 DNS_JOBS = QueueSpec("dns.jobs", JOBS_EXCHANGE, ("dns.*",))
-API_EVENTS = QueueSpec("api.events", EVENTS_EXCHANGE, ("deployment.*", "site.*", "dns.*"))
+API_EVENTS = QueueSpec(
+    "api.events", EVENTS_EXCHANGE, ("deployment.*", "site.*", "dns.*", "rollout.*")
+)
 NOTIFIER_EVENTS = QueueSpec(
-    "notifier.events", EVENTS_EXCHANGE, ("*.failed", "*.parked", "*.succeeded", "dns.drift")
+    "notifier.events",
+    EVENTS_EXCHANGE,
+    ("*.failed", "*.parked", "*.succeeded", "dns.drift", "rollout.halted"),
 )
 ALL_QUEUES = (DEPLOYER_JOBS, DNS_JOBS, API_EVENTS, NOTIFIER_EVENTS)
 

@@ -13,6 +13,7 @@ from services.deployer.deploy import deploy
 from services.deployer.fence import DatabaseFence
 from services.deployer.hosts import HostRegistry
 from services.deployer.metrics import observe_outcome
+from services.deployer.packs import PublishedPacks
 from services.deployer.release import HostTransport, check_domain
 from services.deployer.settings import DeployerSettings
 from services.deployer.target import Target
@@ -43,8 +44,11 @@ class DeployerHandler:
         fence: DatabaseFence,
         settings: DeployerSettings,
         hosts: HostRegistry | None = None,
+        published: PublishedPacks | None = None,
     ) -> None:
         self.catalog = catalog
+        # The published hashes packs are checked against before a build (None: unchecked).
+        self.published = published
         self.host = host
         # The registered web hosts; None (or none registered): ``host`` alone.
         self.hosts = hosts
@@ -77,6 +81,7 @@ class DeployerHandler:
                     report=self.report,
                     fence=self.fence,
                     settings=self.settings,
+                    verify_pack=self.published.check if self.published else None,
                 )
             )
             self._running[job.deployment_id] = task

@@ -11,7 +11,7 @@ from datetime import datetime
 from shared.errors import Invalid
 from shared.messages import Envelope
 
-FAILURE_SUFFIXES = (".failed", ".parked", ".drift")
+FAILURE_SUFFIXES = (".failed", ".parked", ".drift", ".halted")
 RECOVERY_SUFFIX = ".succeeded"
 
 # Order matters: ids and uuids before bare hex, bare hex before numbers.
@@ -113,7 +113,7 @@ def interpret(envelope: Envelope) -> Occurrence | Recovery:
             code="invalid_alert_event",
             details={"fields": [{"field": "error", "message": "required"}]},
         )
-    subject = data.get("domain") or site_id or data.get("queue") or ""
+    subject = data.get("domain") or site_id or data.get("queue") or data.get("template") or ""
     return Occurrence(
         event_id=envelope.message_id,
         event_type=envelope.type,
