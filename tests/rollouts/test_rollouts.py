@@ -203,6 +203,8 @@ async def test_a_rollout_halts_at_the_threshold_and_every_site_keeps_serving(
     for site_id in cursed:  # put back by a rollback deployment that is live
         restore = per_site[site_id]["restore_deployment_id"]
         assert (await tenant.get(f"/v1/sites/{site_id}")).json()["latest_deployment_id"] == restore
+        restored = (await tenant.get(f"/v1/deployments/{restore}")).json()
+        assert (restored["status"], restored["template_version"]) == ("live", "1.0.0")
 
     async def halt_alerts() -> list[dict[str, Any]]:
         return [r for r in fleet.webhook.received if r["body"].get("type") == "rollout.halted"]
@@ -288,10 +290,17 @@ async def test_pause_resume_abort_and_an_api_restart_mid_rollout(
         assert await served_version(fleet, site["domain"]) == "1.1.0"
 
 
-async def test_rollouts_are_for_ops_tokens_only(tenant: httpx.AsyncClient) -> None:
+async def test_rollouts_are_for_ops_tokens_only(fleet: Platform, tenant: httpx.AsyncClient) -> None:
     response = await tenant.post("/v1/templates/probe/rollouts", json={"to_version": "1.1.0"})
     assert response.status_code == 403
     assert response.json()["error"]["code"] == "ops_scope_required"
+    assert (await tenant.get("/v1/rollouts/rol_0123456789abcdef")).status_code == 403
+    async with fleet.client() as anon:
+        assert (await anon.get("/v1/rollouts/rol_0123456789abcdef")).status_code == 401
+        spec = (await anon.get("/openapi.json")).json()
+    assert {"/v1/templates/{name}/rollouts", "/v1/rollouts/{rollout_id}/abort"} <= set(
+        spec["paths"]
+    )
 
 
 @pytest.mark.parametrize(
