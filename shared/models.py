@@ -53,7 +53,9 @@ class ApiToken(Base):
 
 
 class TemplateVersion(Base):
-    """Writer: api (the template registry, synced from the template packs on disk)."""
+    """Writer: api (``services/api/template_registry.py``, also run by ``sitefleet templates
+    publish``). The published content hash of each template version: a version is
+    immutable, and the API and the deployer refuse a pack that no longer matches it."""
 
     __tablename__ = "template_versions"
     name: Mapped[str] = mapped_column(String(64), primary_key=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from services.api import rollouts
+from services.api import rollout_waves
 from services.api.outbox import Relay
 from shared.db import SessionMaker
 from shared.template_packs import TemplateCatalog
@@ -48,8 +48,8 @@ class RolloutDriver:
 
     async def drive_all(self) -> None:
         async with self.sessionmaker.begin() as session:
-            ids = await rollouts.rollouts_to_drive(session)
+            ids = await rollout_waves.rollouts_to_drive(session)
         for rollout_id in ids:
             async with self.sessionmaker.begin() as session:
-                await rollouts.drive(session, self.catalog, rollout_id)
+                await rollout_waves.drive(session, self.catalog, rollout_id)
             self.relay.wake()
