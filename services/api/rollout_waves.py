@@ -94,6 +94,8 @@ async def advance(session: AsyncSession, catalog: TemplateCatalog, rollout: Roll
         pending = [r for r in rows if r.status == "pending"]
         if pending:
             await _start(session, catalog, rollout, pending)
+            if rollout.status != "running":
+                return  # halted: the new version cannot be used
         if any(r.status == "deploying" for r in rows):
             return
         failed = sum(r.status == "failed" for r in rows)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,17 +42,22 @@ def copy_probe(root: Path, name: str) -> None:
 
 
 @pytest.fixture(scope="module")
-async def fleet(platforms: PlatformFactory) -> AsyncIterator[Platform]:
+def templates_root() -> Iterator[Path]:
+    """The platform's templates directory: the probe packs as three templates."""
     templates = world_readable_tempdir("rollout-templates")
-    for name in ("probe", "steady"):
+    for name in ("probe", "steady", "frozen"):
         copy_probe(templates, name)
-    platform = await platforms.start(
+    yield templates
+    shutil.rmtree(templates, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+async def fleet(platforms: PlatformFactory, templates_root: Path) -> Platform:
+    return await platforms.start(
         "rollouts",
         services=("api", "deployer", "notifier"),
-        extra_env={"SITEFLEET_TEMPLATES_DIR": str(templates), **FAST},
+        extra_env={"SITEFLEET_TEMPLATES_DIR": str(templates_root), **FAST},
     )
-    yield platform
-    shutil.rmtree(templates, ignore_errors=True)
 
 
 async def ops_token(platform: Platform) -> str:
@@ -333,3 +338,23 @@ async def test_a_rollout_of_a_template_that_does_not_exist_is_404(ops: httpx.Asy
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "template_not_found"
     assert (await ops.get("/v1/rollouts/rol_0123456789abcdef")).status_code == 404
+
+
+async def test_a_pack_edited_after_publishing_is_never_deployed(
+    fleet: Platform, tenant: httpx.AsyncClient, templates_root: Path
+) -> None:
+    [site] = await create_sites(tenant, "frozen", [{"title": "Ice"}])
+    page = templates_root / "frozen" / "1.0.0" / "src" / "index.html.j2"
+    page.write_text(page.read_text().replace("<h1>", "<h1>Edited in place: "))
+
+    response = await tenant.post(f"/v1/sites/{site['id']}/deployments", json={})
+    assert response.status_code == 202
+    dep = await wait_until(
+        lambda: settled(tenant, site["id"]), timeout=60, what="the redeploy to finish"
+    )
+    failed = (await tenant.get(f"/v1/deployments/{dep['latest_deployment_id']}")).json()
+    assert failed["status"] == "failed"
+    assert failed["error"]["code"] == "template_pack_changed"
+    served = await fleet.fetch_site(site["domain"])
+    assert served.status_code == 200
+    assert "Edited in place" not in served.text
