@@ -227,6 +227,8 @@ async def test_pause_resume_abort_and_an_api_restart_mid_rollout(
 ) -> None:
     sites = await create_sites(tenant, "steady", [{"title": f"Cafe {n}"} for n in range(10)])
     body = {"to_version": "1.1.0", "from_version": "1.0.0", "canary": 1, "batch_size": 3}
+    # No deployer while the rollout starts: its canary cannot finish before the pause.
+    fleet.stop_service("deployer")
     started = (await ops.post("/v1/templates/steady/rollouts", json=body)).json()
     paused = await ops.post(f"/v1/rollouts/{started['id']}/pause")
     assert paused.status_code == 202
@@ -236,6 +238,7 @@ async def test_pause_resume_abort_and_an_api_restart_mid_rollout(
     second = await ops.post("/v1/templates/steady/rollouts", json=body)
     assert second.status_code == 409
     assert second.json()["error"]["code"] == "rollout_in_progress"
+    fleet.start_service("deployer")
 
     async def canary_done() -> bool:
         return (await rollout(ops, started["id"]))["counts"]["succeeded"] == 1
