@@ -22,47 +22,38 @@ log = logging.getLogger(__name__)
 
 
 async def register_catalog(session: AsyncSession, catalog: TemplateCatalog) -> list[str]:
-    """Registers new packs; returns the 'name version' of packs refused as changed."""
-    known = {(r.name, r.version): r for r in await session.scalars(select(TemplateVersion))}
+    """Publishes the packs on disk not published yet (several API processes may start at
+    once: each insert is idempotent); returns the 'name version' of packs refused because
+    their content differs from what was published under that version."""
     refused = []
     for (name, version), pack in catalog.packs.items():
-        row = known.get((name, version))
-        if row is None:
-            session.add(_row(pack))
-            catalog.published.add((name, version))
-        elif row.content_hash == pack.content_hash:
-            catalog.published.add((name, version))
-        elif row.content_hash != pack.content_hash:
+        try:
+            await publish_pack(session, pack)
+        except Conflict:
             refused.append(f"{name} {version}")
             catalog.refuse(name, version)
             log.error(
                 "template pack changed under a published version; publish a new version",
                 extra={"template": name, "version": version},
             )
+        else:
+            catalog.published.add((name, version))
     return refused
-
-
-PUBLISHED_COLUMNS = ("name", "version", "title", "description", "params_schema", "content_hash")
-
-
-def _row(pack: TemplatePack) -> TemplateVersion:
-    return TemplateVersion(
-        name=pack.name,
-        version=pack.version,
-        title=pack.title,
-        description=pack.description,
-        params_schema=pack.params_schema,
-        content_hash=pack.content_hash,
-    )
 
 
 async def publish_pack(session: AsyncSession, pack: TemplatePack) -> bool:
     """Record ``pack``'s hash as its version's published content. False when that exact
     content was already published; ``Conflict`` when other content was."""
-    values = {c: getattr(_row(pack), c) for c in PUBLISHED_COLUMNS}
     inserted = await session.scalar(
         insert(TemplateVersion)
-        .values(**values)
+        .values(
+            name=pack.name,
+            version=pack.version,
+            title=pack.title,
+            description=pack.description,
+            params_schema=pack.params_schema,
+            content_hash=pack.content_hash,
+        )
         .on_conflict_do_nothing(index_elements=["name", "version"])
         .returning(TemplateVersion.name)
     )
