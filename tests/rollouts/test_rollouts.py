@@ -52,12 +52,16 @@ def templates_root() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-async def fleet(platforms: PlatformFactory, templates_root: Path) -> Platform:
-    return await platforms.start(
+async def fleet(platforms: PlatformFactory, templates_root: Path) -> AsyncIterator[Platform]:
+    platform = await platforms.start(
         "rollouts",
         services=("api", "deployer", "notifier"),
         extra_env={"SITEFLEET_TEMPLATES_DIR": str(templates_root), **FAST},
     )
+    yield platform
+    # Free the services' database connections now, not at the end of the session.
+    for name in list(platform.procs):
+        platform.stop_service(name)
 
 
 async def ops_token(platform: Platform) -> str:
