@@ -7,7 +7,7 @@ import asyncio
 import shlex
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -204,6 +204,34 @@ def templates_validate(
         typer.echo(line)
     if not report.ok:
         raise typer.Exit(1)
+
+
+@templates_app.command("publish")
+def templates_publish(
+    path: Annotated[Path, typer.Argument(help="the pack's directory (.../NAME/VERSION)")],
+) -> None:
+    """Validate a pack (as `templates validate`), then publish it: record its content hash
+    and install it in the templates directory as NAME/VERSION. A published version is
+    immutable: a different pack under it is refused. Exits 1 when nothing was published."""
+    from cli.template_publish import publish
+    from services.deployer.settings import DeployerSettings
+
+    settings = DeployerSettings()
+
+    async def work(session: AsyncSession) -> Any:
+        return await publish(session, path.resolve(), settings.templates_dir, settings)
+
+    result = _in_transaction(work)
+    for line in result.report.lines():
+        typer.echo(line)
+    if result.pack is None:
+        typer.echo("not published", err=True)
+        raise typer.Exit(1)
+    state = "published" if result.new else "already published (same content)"
+    typer.echo(
+        f"{state}: {result.pack.name} {result.pack.version} "
+        f"sha256 {result.pack.content_hash} at {result.installed_at}"
+    )
 
 
 @templates_app.command("list")

@@ -5,10 +5,10 @@ consumer starts is unroutable):
 
     sitefleet.jobs   (topic)  --deployment.*, site.*-->  deployer.jobs
                               --dns.*-->                 dns.jobs
-    sitefleet.events (topic)  --deployment.*, site.*, dns.*-->   api.events
-                              --*.failed, *.parked, *.succeeded,
-                                dns.drift, dns.halted-->          notifier.events
-                              --deployment.succeeded-->           dns.events
+    sitefleet.events (topic)  --deployment.*, site.*, dns.*, rollout.*-->   api.events
+                              --*.failed, *.parked, *.succeeded, dns.drift,
+                                dns.halted, rollout.halted-->              notifier.events
+                              --deployment.succeeded-->                    dns.events
 
 Every work queue ``Q`` is a quorum queue with:
     Q.wait.<delay>  one TTL'd quorum queue per backoff step; expired messages dead-letter
@@ -61,11 +61,13 @@ class QueueSpec:
 
 DEPLOYER_JOBS = QueueSpec("deployer.jobs", JOBS_EXCHANGE, ("deployment.*", "site.*"))
 DNS_JOBS = QueueSpec("dns.jobs", JOBS_EXCHANGE, ("dns.*",))
-API_EVENTS = QueueSpec("api.events", EVENTS_EXCHANGE, ("deployment.*", "site.*", "dns.*"))
+API_EVENTS = QueueSpec(
+    "api.events", EVENTS_EXCHANGE, ("deployment.*", "site.*", "dns.*", "rollout.*")
+)
 NOTIFIER_EVENTS = QueueSpec(
     "notifier.events",
     EVENTS_EXCHANGE,
-    ("*.failed", "*.parked", "*.succeeded", "dns.drift", "dns.halted"),
+    ("*.failed", "*.parked", "*.succeeded", "dns.drift", "dns.halted", "rollout.halted"),
 )
 # The DNS/CDN service purges a site's CDN cache once a deployment is live.
 DNS_EVENTS = QueueSpec("dns.events", EVENTS_EXCHANGE, ("deployment.succeeded",))

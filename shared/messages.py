@@ -226,6 +226,39 @@ class DnsRunHalted(Message):
     error: ErrorInfo
 
 
+class RolloutCounts(BaseModel):
+    total: int
+    pending: int
+    succeeded: int
+    failed: int
+    skipped: int
+
+
+class RolloutFinished(Message):
+    """A template rollout stopped moving (ops events: no tenant, no site)."""
+
+    TYPE: ClassVar[str] = "rollout.finished"
+
+    rollout_id: str
+    template: str
+    from_version: str | None
+    to_version: str
+    counts: RolloutCounts
+
+
+class RolloutHalted(RolloutFinished):
+    """A wave failed more than the rollout allows; its failed sites were put back on their
+    old version. The notifier alerts ops on it."""
+
+    TYPE: ClassVar[str] = "rollout.halted"
+
+    error: ErrorInfo
+
+
+class RolloutCompleted(RolloutFinished):
+    TYPE: ClassVar[str] = "rollout.completed"
+
+
 class JobParked(Message):
     """A job gave up (retries exhausted or a permanent error); ``TYPE`` is set per job."""
 
@@ -258,6 +291,8 @@ PAYLOADS: dict[str, type[Message]] = {
         DnsFailed,
         DnsDrifted,
         DnsRunHalted,
+        RolloutHalted,
+        RolloutCompleted,
     )
 }
 

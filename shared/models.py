@@ -53,7 +53,9 @@ class ApiToken(Base):
 
 
 class TemplateVersion(Base):
-    """Writer: api (the template registry, synced from the template packs on disk)."""
+    """Writer: api (``services/api/template_registry.py``, also run by ``sitefleet templates
+    publish``). The published content hash of each template version: a version is
+    immutable, and the API and the deployer refuse a pack that no longer matches it."""
 
     __tablename__ = "template_versions"
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -332,3 +334,62 @@ class SiteHost(Base):
         ForeignKey("web_hosts.id", ondelete="RESTRICT"), primary_key=True, index=True
     )
     created_at: Mapped[datetime] = _now()
+
+
+# --- template rollouts ------------------------------------------------------------------
+
+
+class Rollout(Base):
+    """Writer: api (the rollout driver). Upgrading every site of a template to another
+    version: canary sites (wave 0), then waves of ``batch_size``. At most one running or
+    paused rollout per template (partial unique index)."""
+
+    __tablename__ = "rollouts"
+    __table_args__ = (
+        Index(
+            "rollouts_one_active_per_template",
+            "template",
+            unique=True,
+            postgresql_where="status IN ('running', 'paused')",
+        ),
+    )
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    template: Mapped[str] = mapped_column(String(64))
+    # None: every site of the template not already on ``to_version``.
+    from_version: Mapped[str | None] = mapped_column(String(32))
+    to_version: Mapped[str] = mapped_column(String(32))
+    canary: Mapped[int] = mapped_column(Integer)
+    batch_size: Mapped[int] = mapped_column(Integer)
+    max_failure_ratio: Mapped[float] = mapped_column(Float)
+    # running | paused | halted | completed | aborted
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    # The wave being deployed (0 = the canaries).
+    wave: Mapped[int] = mapped_column(Integer, default=0)
+    halt_reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class RolloutSite(Base):
+    """Writer: api (the rollout driver). One site of a rollout and how far it got:
+    ``pending`` -> ``deploying`` -> ``succeeded`` | ``failed`` | ``skipped`` (with why).
+    ``site_id`` is no foreign key: the record outlives a deleted site."""
+
+    __tablename__ = "rollout_sites"
+    __table_args__ = (Index("rollout_sites_wave", "rollout_id", "wave", "status"),)
+    rollout_id: Mapped[str] = mapped_column(
+        ForeignKey("rollouts.id", ondelete="CASCADE"), primary_key=True
+    )
+    site_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    domain: Mapped[str] = mapped_column(String(253))
+    wave: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    # What the site ran before its upgrade, to put it back on if the upgrade fails.
+    from_version: Mapped[str | None] = mapped_column(String(32))
+    from_params: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    deployment_id: Mapped[str | None] = mapped_column(String(64))
+    # The deployment that put a failed site back on its old version (if it had gone live).
+    restore_deployment_id: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = _now()

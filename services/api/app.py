@@ -21,6 +21,7 @@ from services.api.endpoints import (
     hooks,
     identity,
     notifications,
+    rollouts,
     sites,
     templates,
 )
@@ -29,6 +30,7 @@ from services.api.events import EventRecorder
 from services.api.limits import BodyLimit
 from services.api.metrics import RequestMetrics
 from services.api.outbox import Relay
+from services.api.rollout_driver import RolloutDriver
 from services.api.settings import ApiSettings
 from services.api.template_registry import register_catalog
 from shared.db import SessionMaker, create_engine, create_sessionmaker
@@ -68,12 +70,16 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             batch=settings.outbox_batch,
             publish_timeout=settings.publish_timeout,
         )
-        link = BrokerLink(settings, relay, EventRecorder(sessionmaker))
+        driver = RolloutDriver(
+            sessionmaker, catalog, relay, interval=settings.rollout_driver_interval
+        )
+        link = BrokerLink(settings, relay, EventRecorder(sessionmaker, on_outcome=driver.wake))
         app.state.sitefleet = AppState(settings, sessionmaker, catalog, relay, link)
         tasks = [
             asyncio.create_task(relay.run()),
             asyncio.create_task(link.run()),
             asyncio.create_task(reap_forever(sessionmaker, settings, relay)),
+            asyncio.create_task(driver.run()),
         ]
         try:
             yield
@@ -94,6 +100,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     for module in (health, identity, templates, sites, deployments, hooks):
         app.include_router(module.router)
     app.include_router(notifications.router)
+    app.include_router(rollouts.router)
     app.mount("/metrics", make_asgi_app())
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(CorrelationId)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sqlalchemy import delete, select
 
-from services.api.deployments import apply_parked, apply_report
+from services.api.deployments import TERMINAL, apply_parked, apply_report
 from shared.db import SessionMaker
 from shared.messages import (
     DeploymentReport,
@@ -18,10 +20,21 @@ from shared.models import Site
 
 
 class EventRecorder:
-    def __init__(self, sessionmaker: SessionMaker) -> None:
+    def __init__(
+        self, sessionmaker: SessionMaker, on_outcome: Callable[[], None] | None = None
+    ) -> None:
         self.sessionmaker = sessionmaker
+        # Called after a deployment outcome is committed (wakes the rollout driver).
+        self.on_outcome = on_outcome
 
     async def __call__(self, envelope: Envelope, event: Message) -> None:
+        await self.record(event)
+        finished = isinstance(event, DeploymentReport) and event.status in TERMINAL
+        if self.on_outcome is not None and (finished or isinstance(event, JobParked)):
+            self.on_outcome()
+
+    async def record(self, event: Message) -> None:
+        """Rollout events need no recording: the rollout tables already hold them."""
         async with self.sessionmaker.begin() as session:
             if isinstance(event, DeploymentReport):
                 await apply_report(session, event)

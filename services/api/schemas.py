@@ -210,3 +210,54 @@ class DnsRecordRead(BaseModel):
 class DnsRead(BaseModel):
     zone: str
     records: list[DnsRecordRead]
+
+
+# --- template rollouts ------------------------------------------------------------------
+
+_VERSION_PATTERN = r"^\d+\.\d+\.\d+$"
+
+
+class RolloutCreate(Strict):
+    to_version: str = Field(pattern=_VERSION_PATTERN, max_length=32)
+    # Default: every site of the template that is not on ``to_version`` yet.
+    from_version: str | None = Field(default=None, pattern=_VERSION_PATTERN, max_length=32)
+    canary: int = Field(default=1, ge=0, le=1000)
+    batch_size: int = Field(default=10, ge=1, le=1000)
+    # A wave whose failed / attempted ratio is above this halts the rollout.
+    max_failure_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
+
+
+class RolloutCountsRead(BaseModel):
+    total: int
+    pending: int
+    succeeded: int
+    failed: int
+    skipped: int
+
+
+class RolloutRead(BaseModel):
+    id: str
+    template: str
+    from_version: str | None
+    to_version: str
+    status: Literal["running", "paused", "halted", "completed", "aborted"]
+    counts: RolloutCountsRead
+    canary: int
+    batch_size: int
+    max_failure_ratio: float
+    wave: int
+    halt_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+
+class RolloutSiteRead(BaseModel):
+    site_id: str
+    domain: str
+    wave: int
+    status: Literal["pending", "deploying", "succeeded", "failed", "skipped"]
+    from_version: str | None
+    deployment_id: str | None
+    restore_deployment_id: str | None
+    reason: str | None

@@ -19,6 +19,9 @@ class ApiSettings(CommonSettings, WebHostSettings):
     # A deployment with no outcome after this long is failed and announced (the reaper).
     deployment_timeout: float = 1800.0
     reaper_interval: float = 30.0
+    # The rollout driver runs after every deployment outcome this process records, and at
+    # least this often (outcomes recorded by other API processes, lost wake-ups).
+    rollout_driver_interval: float = 5.0
     # Base URL of this API as customers reach it (deploy hook URLs are built from it).
     public_url: str = ""
     # Deploy hooks: a burst of requests, then this many per minute per hook.

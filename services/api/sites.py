@@ -14,6 +14,7 @@ from services.api import outbox
 from services.api.deployments import rollback_target
 from services.api.identity import Principal
 from services.api.schemas import SiteCreate, SiteRead, SiteUpdate, SiteUrls
+from services.api.template_registry import resolve_pack
 from shared.domains import normalize_domain
 from shared.errors import Conflict, Invalid, NotFound
 from shared.ids import new_id
@@ -67,7 +68,7 @@ async def create_site(
     session: AsyncSession, principal: Principal, catalog: TemplateCatalog, req: SiteCreate
 ) -> Site:
     domain = site_domain(req.domain)
-    pack = _pack(catalog, req.template, req.template_version)
+    pack = await _pack(session, catalog, req.template, req.template_version)
     params = validate_params(pack, req.params)
     if await session.scalar(select(Site.id).where(Site.domain == domain)):
         raise Conflict(f"domain {domain!r} is already used by a site", code="domain_in_use")
@@ -104,7 +105,7 @@ async def update_site(
     site = await get_site(session, principal, site_id, for_update=True)
     _refuse_if_deleting(site)
     version = req.template_version or site.template_version
-    pack = _pack(catalog, site.template, version)
+    pack = await _pack(session, catalog, site.template, version)
     params = validate_params(pack, req.params if req.params is not None else site.params)
     site.template_version = pack.version
     site.params = params
@@ -203,10 +204,12 @@ def site_domain(raw: str) -> str:
     return domain
 
 
-def _pack(catalog: TemplateCatalog, name: str, version: str | None) -> TemplatePack:
+async def _pack(
+    session: AsyncSession, catalog: TemplateCatalog, name: str, version: str | None
+) -> TemplatePack:
     """The pack a request names; a name or version we do not have is a 422 on that field."""
     try:
-        return catalog.get(name, version)
+        return await resolve_pack(session, catalog, name, version)
     except NotFound as exc:
         field = "template_version" if exc.code == "template_version_not_found" else "template"
         raise Invalid(

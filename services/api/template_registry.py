@@ -1,6 +1,8 @@
-"""The template registry: packs found on disk are registered once per (name, version);
-a registered version is immutable, so a pack whose content changed under the same version
-is refused (and logged) instead of silently changing live sites."""
+"""The template registry (table ``template_versions``): the published content hash of each
+(name, version). A version is published once — by ``sitefleet templates publish``, or the
+first time the API finds it on disk — and is immutable from then on: a pack whose content
+no longer matches its published hash is refused (409 ``template_pack_changed``, and by the
+deployer) instead of silently changing live sites."""
 
 from __future__ import annotations
 
@@ -8,40 +10,80 @@ import logging
 from collections import defaultdict
 
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.api.schemas import TemplateDetail, TemplateSummary, TemplateVersionRead
-from shared.errors import NotFound
+from shared.errors import Conflict, NotFound
 from shared.models import TemplateVersion
-from shared.template_packs import TemplateCatalog, version_key
+from shared.template_packs import TemplateCatalog, TemplatePack, pack_changed, version_key
 
 log = logging.getLogger(__name__)
 
 
 async def register_catalog(session: AsyncSession, catalog: TemplateCatalog) -> list[str]:
-    """Registers new packs; returns the 'name version' of packs refused as changed."""
-    known = {(r.name, r.version): r for r in await session.scalars(select(TemplateVersion))}
+    """Publishes the packs on disk not published yet (several API processes may start at
+    once: each insert is idempotent); returns the 'name version' of packs refused because
+    their content differs from what was published under that version."""
     refused = []
     for (name, version), pack in catalog.packs.items():
-        row = known.get((name, version))
-        if row is None:
-            session.add(
-                TemplateVersion(
-                    name=name,
-                    version=version,
-                    title=pack.title,
-                    description=pack.description,
-                    params_schema=pack.params_schema,
-                    content_hash=pack.content_hash,
-                )
-            )
-        elif row.content_hash != pack.content_hash:
+        try:
+            await publish_pack(session, pack)
+        except Conflict:
             refused.append(f"{name} {version}")
+            catalog.refuse(name, version)
             log.error(
                 "template pack changed under a published version; publish a new version",
                 extra={"template": name, "version": version},
             )
+        else:
+            catalog.published.add((name, version))
     return refused
+
+
+async def publish_pack(session: AsyncSession, pack: TemplatePack) -> bool:
+    """Record ``pack``'s hash as its version's published content. False when that exact
+    content was already published; ``Conflict`` when other content was."""
+    inserted = await session.scalar(
+        insert(TemplateVersion)
+        .values(
+            name=pack.name,
+            version=pack.version,
+            title=pack.title,
+            description=pack.description,
+            params_schema=pack.params_schema,
+            content_hash=pack.content_hash,
+        )
+        .on_conflict_do_nothing(index_elements=["name", "version"])
+        .returning(TemplateVersion.name)
+    )
+    if inserted is not None:
+        return True
+    published = await session.scalar(
+        select(TemplateVersion.content_hash).where(
+            TemplateVersion.name == pack.name, TemplateVersion.version == pack.version
+        )
+    )
+    if published != pack.content_hash:
+        raise pack_changed(pack.name, pack.version)
+    return False
+
+
+async def resolve_pack(
+    session: AsyncSession, catalog: TemplateCatalog, name: str, version: str | None
+) -> TemplatePack:
+    """The pack a request names, checked once per process against its published hash (a
+    version found on disk after start-up and never published is published now)."""
+    pack = catalog.get(name, version)
+    key = (pack.name, pack.version)
+    if key not in catalog.published:
+        try:
+            await publish_pack(session, pack)
+        except Conflict:
+            catalog.refuse(*key)
+            raise
+        catalog.published.add(key)
+    return pack
 
 
 async def _versions(session: AsyncSession) -> dict[str, list[TemplateVersion]]:

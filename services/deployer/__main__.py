@@ -10,6 +10,7 @@ import logging
 from services.deployer.consumer import DeployerHandler
 from services.deployer.fence import DatabaseFence
 from services.deployer.hosts import HostRegistry
+from services.deployer.packs import PublishedPacks
 from services.deployer.release import LocalHost
 from services.deployer.settings import DeployerSettings
 from shared import broker
@@ -36,6 +37,7 @@ async def run(settings: DeployerSettings) -> None:
             catalog=catalog,
             host=local,
             hosts=hosts,
+            published=PublishedPacks(engine),
             publisher=publisher,
             # A job waits for the site's previous job at most as long as one may run.
             fence=DatabaseFence(engine, lock_timeout=settings.deploy_timeout),

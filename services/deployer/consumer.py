@@ -14,6 +14,7 @@ from services.deployer.fence import DatabaseFence
 from services.deployer.hosts import HostRegistry
 from services.deployer.metrics import observe_outcome
 from services.deployer.nginx import remove_rules
+from services.deployer.packs import PublishedPacks
 from services.deployer.release import HostTransport, check_domain
 from services.deployer.settings import DeployerSettings
 from services.deployer.target import Target
@@ -44,8 +45,11 @@ class DeployerHandler:
         fence: DatabaseFence,
         settings: DeployerSettings,
         hosts: HostRegistry | None = None,
+        published: PublishedPacks | None = None,
     ) -> None:
         self.catalog = catalog
+        # The published hashes packs are checked against before a build (None: unchecked).
+        self.published = published
         self.host = host
         # The registered web hosts; None (or none registered): ``host`` alone.
         self.hosts = hosts
@@ -78,6 +82,7 @@ class DeployerHandler:
                     report=self.report,
                     fence=self.fence,
                     settings=self.settings,
+                    verify_pack=self.published.check if self.published else None,
                 )
             )
             self._running[job.deployment_id] = task

@@ -52,6 +52,8 @@ from shared.timeutil import utcnow
 log = logging.getLogger(__name__)
 
 Report = Callable[[DeploymentReport], Awaitable[None]]
+# Refuses a pack that is not its published content (raises); None: trust the catalog.
+VerifyPack = Callable[[TemplatePack], Awaitable[None]]
 T = TypeVar("T")
 
 
@@ -64,6 +66,7 @@ async def deploy(
     report: Report,
     fence: Fence,
     settings: DeployerSettings,
+    verify_pack: VerifyPack | None = None,
 ) -> None:
     """Run one deploy job to its outcome (see the module docstring) on ``targets`` (the
     site's web hosts), or on ``host`` alone with the settings' HTTP address."""
@@ -85,7 +88,12 @@ async def deploy(
             await _roll_back_to(run, job.rollback_to, targets=targets, settings=settings)
         else:
             await _build_and_release(
-                run, catalog=catalog, targets=targets, fence=fence, settings=settings
+                run,
+                catalog=catalog,
+                targets=targets,
+                fence=fence,
+                settings=settings,
+                verify_pack=verify_pack,
             )
     except Transient:
         raise
@@ -110,6 +118,7 @@ async def _build_and_release(
     targets: Sequence[Target],
     fence: Fence,
     settings: DeployerSettings,
+    verify_pack: VerifyPack | None,
 ) -> None:
     job = run.job
     work_dir = settings.work_root / job.deployment_id
@@ -119,6 +128,8 @@ async def _build_and_release(
                 async with run.phase("build", "building"):
                     out_dir = work_dir / "site"
                     pack = catalog.get(job.template, job.template_version)
+                    if verify_pack is not None:
+                        await verify_pack(pack)
                     await build_release(job, pack, out_dir, settings)
                 async with run.phase("upload", "uploading"):
                     stats = await _upload_everywhere(

@@ -113,7 +113,7 @@ def interpret(envelope: Envelope) -> Occurrence | Recovery:
             code="invalid_alert_event",
             details={"fields": [{"field": "error", "message": "required"}]},
         )
-    subject = data.get("domain") or site_id or data.get("queue") or ""
+    subject = data.get("domain") or site_id or data.get("queue") or data.get("template") or ""
     return Occurrence(
         event_id=envelope.message_id,
         event_type=envelope.type,

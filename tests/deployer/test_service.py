@@ -24,8 +24,9 @@ from shared.messages import (
     Envelope,
     SiteRemovalRequested,
 )
-from shared.models import Deployment, Site, Tenant
+from shared.models import Deployment, Site, TemplateVersion, Tenant
 from shared.settings import PROJECT_ROOT
+from shared.template_packs import load_pack
 from tests.deployer.conftest import Fetch
 
 pytestmark = pytest.mark.slow
@@ -88,11 +89,25 @@ def settings_env(settings, tmp_path: Path) -> dict[str, str]:  # type: ignore[no
 
 
 @pytest.fixture
-async def site_rows(database_url: str, domain: str) -> AsyncIterator[dict[str, str]]:
-    """What the API writes before it sends a deploy job: tenant, site, deployment."""
+async def site_rows(
+    database_url: str, domain: str, templates_dir: Path
+) -> AsyncIterator[dict[str, str]]:
+    """What the API writes before it sends a deploy job: the template version's published
+    hash, tenant, site, deployment."""
     engine = create_engine(database_url, application_name="sitefleet-deployer-tests")
     ids = {"tenant_id": new_id("ten"), "site_id": new_id("site"), "deployment_id": new_id("dep")}
+    pack = load_pack(templates_dir / "demo" / "1.0.0")
     async with create_sessionmaker(engine).begin() as session:
+        await session.merge(
+            TemplateVersion(
+                name=pack.name,
+                version=pack.version,
+                title=pack.title,
+                description=pack.description,
+                params_schema=pack.params_schema,
+                content_hash=pack.content_hash,
+            )
+        )
         session.add(Tenant(id=ids["tenant_id"], name=f"tenant {ids['tenant_id']}"))
         await session.flush()
         session.add(
