@@ -3,6 +3,7 @@
 Outcome of one delivery (the only place errors become broker actions):
     handler returns                 -> ack
     raises Transient, steps left    -> copy to Q.wait.<next delay> (confirmed), then ack
+      (the database being unavailable counts as Transient: shared.db.is_unavailable)
     raises Transient, no steps left -> copy to Q.parked, emit ``<kind>.parked``, then ack
     raises any other error          -> copy to Q.parked, emit ``<kind>.parked``, then ack
     undecodable body                -> copy to Q.parked, then ack
@@ -29,7 +30,8 @@ from shared.broker import (
     Publisher,
     QueueSpec,
 )
-from shared.errors import SitefleetError, Transient
+from shared.db import is_unavailable
+from shared.errors import SitefleetError, Transient, Unavailable
 from shared.logs import correlation
 from shared.messages import Envelope, ErrorInfo, JobParked, Message, parse_payload
 
@@ -111,7 +113,14 @@ class Consumer:
         raw_attempt = (message.headers or {}).get(H_ATTEMPT, 0)
         attempt = raw_attempt if isinstance(raw_attempt, int) else 0
         try:
-            await self.handler(envelope, payload)
+            try:
+                await self.handler(envelope, payload)
+            except Exception as exc:
+                if is_unavailable(exc):  # e.g. Postgres restarting or out of connections
+                    raise Unavailable(
+                        f"the database is unavailable: {type(exc).__name__}: {exc}"[:500]
+                    ) from exc
+                raise
         except Transient as exc:
             error = ErrorInfo(code=exc.code, message=exc.message)
             if attempt < len(self.retry_delays):

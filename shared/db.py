@@ -3,6 +3,13 @@ message (``async with sessionmaker.begin() as session``); domain code never comm
 
 from __future__ import annotations
 
+from sqlalchemy.exc import (
+    DBAPIError,
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -26,3 +33,24 @@ def create_engine(url: str, *, application_name: str, pool_size: int = 10) -> As
 
 def create_sessionmaker(engine: AsyncEngine) -> SessionMaker:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+# SQLSTATE classes that say the database could not serve now, not that the work is wrong:
+# connection exceptions, insufficient resources (e.g. too many clients), operator
+# intervention (shutting down, cannot connect now), and transaction rollbacks (serialization
+# failures, deadlocks) that a retry resolves.
+_TRANSIENT_SQLSTATES = ("08", "53", "57P", "40001", "40P01")
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database was unavailable (retry later), not a bug."""
+    if isinstance(exc, OperationalError | InterfaceError | DisconnectionError | PoolTimeout):
+        return True
+    if isinstance(exc, OSError | ConnectionError):
+        return True
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+        return sqlstate.startswith(_TRANSIENT_SQLSTATES)
+    return False

@@ -12,8 +12,10 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
+from cli.devstack import procs
 from shared import broker
 from shared.consumer import Consumer
+from shared.db import create_engine, is_unavailable
 from shared.errors import Permanent, Transient
 from shared.messages import DnsReconcileRequested, Envelope, JobParked, Message, parse_payload
 
@@ -88,6 +90,34 @@ async def test_transient_errors_retry_with_backoff_then_succeed(rig: Rig) -> Non
     await rig.send(job().envelope().model_dump_json().encode())
     await asyncio.wait_for(done.wait(), 10)
     assert seen == [0, 1, 2]  # two retries through the wait queues, then success
+
+
+async def test_a_database_that_cannot_be_reached_is_retried_not_parked(rig: Rig) -> None:
+    # A real connection failure from SQLAlchemy (nothing listens on the port): the job waits
+    # for the database like any transient error instead of being parked as a bug.
+    down = create_engine(
+        f"postgresql+asyncpg://postgres@127.0.0.1:{procs.free_port()}/none",
+        application_name="tests",
+    )
+    seen: list[str] = []
+    done = asyncio.Event()
+
+    async def handler(envelope: Envelope, payload: Message) -> None:
+        if len(seen) < 2:
+            seen.append("down")
+            async with down.connect():
+                pass
+        seen.append("up")
+        done.set()
+
+    try:
+        await start(rig, handler)
+        await rig.send(job().envelope().model_dump_json().encode())
+        await asyncio.wait_for(done.wait(), 20)
+    finally:
+        await down.dispose()
+    assert seen == ["down", "down", "up"]
+    assert not is_unavailable(ValueError("a bug")) and not is_unavailable(KeyError("x"))
 
 
 async def test_retries_exhausted_park_the_job_and_announce_it(rig: Rig) -> None:
