@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from cli.templates import PREVIEW_DOMAIN, VALIDATE_LIMITS  # noqa: E402
-from services.deployer.deploy import build_sandbox  # noqa: E402
+from services.deployer.build import build_sandbox  # noqa: E402
 from services.deployer.render import render_site  # noqa: E402
 from services.deployer.sandbox import parse_build_steps  # noqa: E402
 from services.deployer.settings import DeployerSettings  # noqa: E402
