@@ -26,7 +26,7 @@ jobs_app = typer.Typer(no_args_is_help=True, help="Parked jobs: list and replay.
 dns_app = typer.Typer(no_args_is_help=True, help="DNS records of the sites.")
 broker_app = typer.Typer(no_args_is_help=True, help="The RabbitMQ topology.")
 templates_app = typer.Typer(no_args_is_help=True, help="Template packs: validate and list.")
-host_app = typer.Typer(no_args_is_help=True, help="Web hosts: add, list, remove.")
+host_app = typer.Typer(no_args_is_help=True, help="Web hosts: bootstrap, add, list, remove.")
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(token_app, name="token")
 app.add_typer(db_app, name="db")
@@ -266,6 +266,90 @@ def host_add(
     typer.echo(f"host {host.id} {host.name} ({describe(host)}) added")
     if host.host_key:
         typer.echo(f"pinned host key: {host.host_key}")
+
+
+@host_app.command("bootstrap")
+def host_bootstrap(
+    target: Annotated[
+        str, typer.Argument(help="user@address[:port]: root, or an account that may sudo -n")
+    ],
+    key: Annotated[Path, typer.Option(help="the private key that logs in as that account")],
+    name: Annotated[
+        str | None, typer.Option(help="the host's name (default: from address)")
+    ] = None,
+    deploy_user: Annotated[str, typer.Option(help="the unprivileged deploy user")] = "sitefleet",
+    deploy_key: Annotated[
+        Path | None, typer.Option(help="the deployer's private key (default: --key)")
+    ] = None,
+    deploy_home: Annotated[
+        str | None, typer.Option(help="the deploy user's home (default: /home/USER)")
+    ] = None,
+    sites_root: Annotated[
+        str | None, typer.Option(help="the sites root (default: SITEFLEET_SSH_SITES_ROOT)")
+    ] = None,
+    objects_root: Annotated[
+        str | None, typer.Option(help="the object store (default: SITES_ROOT/.objects)")
+    ] = None,
+    listen: Annotated[str, typer.Option(help="nginx's listen: [address:]port")] = "80",
+    http: Annotated[
+        str | None, typer.Option(help="address:port to check nginx at (default: address:80)")
+    ] = None,
+    public_address: Annotated[
+        list[str] | None, typer.Option(help="an address published in DNS (repeatable)")
+    ] = None,
+    nginx_conf: Annotated[
+        str, typer.Option(help="where the catch-all config goes")
+    ] = "/etc/nginx/conf.d/sitefleet.conf",
+    nginx_default_site: Annotated[
+        str, typer.Option(help="the stock site to disable (a symlink)")
+    ] = "/etc/nginx/sites-enabled/default",
+    nginx_command: Annotated[
+        str, typer.Option(help="how to run nginx on the host (e.g. 'nginx -c FILE')")
+    ] = "nginx",
+) -> None:
+    """Prepare a fresh Debian/Ubuntu web host over SSH (nginx, a deploy user, the layout,
+    the catch-all config), check it serves, and register it. A second run changes nothing."""
+    import shlex
+
+    from cli.progress import progress_bar
+    from cli.provision import STEPS, Plan, StepResult, bootstrap, default_name
+    from services.deployer import hosts
+    from services.deployer.settings import DeployerSettings
+
+    settings = DeployerSettings()
+    try:
+        admin = hosts.parse_ssh(target)
+        plan = Plan(
+            admin=admin,
+            admin_key=key.resolve(),
+            deploy_key=(deploy_key or key).resolve(),
+            name=name or default_name(admin.address),
+            http=hosts.parse_http(http or f"{admin.address}:80"),
+            public_addresses=public_address or [admin.address],
+            deploy_user=deploy_user,
+            deploy_home=deploy_home,
+            sites_root=sites_root or settings.ssh_sites_root,
+            objects_root=objects_root or settings.ssh_objects_root,
+            listen=listen,
+            nginx_conf=nginx_conf,
+            nginx_default_site=nginx_default_site,
+            nginx_command=tuple(shlex.split(nginx_command)),
+        )
+        with progress_bar(f"bootstrapping {plan.name}", len(STEPS)) as step:
+
+            def report(result: StepResult) -> None:
+                mark = "changed" if result.changed else "ok     "
+                typer.echo(f"{mark}  {result.step}: {result.detail}")
+                step(result.step)
+
+            outcome = asyncio.run(bootstrap(plan, settings, report))
+    except (SitefleetError, ValueError) as exc:
+        typer.echo(f"error: {getattr(exc, 'message', exc)}", err=True)
+        raise typer.Exit(1) from None
+    if outcome.changed:
+        typer.echo(f"{len(outcome.changed)} step(s) changed the host; web host {plan.name} ready")
+    else:
+        typer.echo(f"nothing changed: web host {plan.name} was already bootstrapped")
 
 
 @host_app.command("list")
