@@ -266,10 +266,18 @@ async def bootstrap(
     host_key = await hosts.fetch_host_key(
         plan.admin.address, plan.admin.port, connect_timeout=settings.ssh_connect_timeout
     )
+    pinned = await _pinned_host_key(plan, settings)
+    if pinned is not None and pinned != host_key:
+        raise Conflict(
+            f"the host key of {plan.name!r} is not the one pinned at registration",
+            code="host_key_changed",
+        )
     conn = await _connect(plan.admin, plan.admin_key, host_key, settings.ssh_connect_timeout)
     async with conn:
         remote = Remote(conn, sudo=plan.admin.user != "root", timeout=600)
-        done("connect", False, f"{plan.admin.user}@{plan.admin.address}:{plan.admin.port}")
+        fingerprint = asyncssh.import_public_key(host_key).get_fingerprint()
+        login = f"{plan.admin.user}@{plan.admin.address}:{plan.admin.port}"
+        done("connect", False, f"{login}, host key {fingerprint}")
         done("packages", *await _packages(remote, plan))
         done("deploy user", *await _deploy_user(remote, plan))
         authorized = await remote.script(
@@ -309,6 +317,20 @@ async def bootstrap(
         done("check", False, await _probe(remote, plan))
     done("register", *await _register(plan, settings))
     return outcome
+
+
+async def _pinned_host_key(plan: Plan, settings: DeployerSettings) -> str | None:
+    """The key pinned when this host was registered (a re-run trusts no other)."""
+    engine = create_engine(settings.database_url, application_name="sitefleet-cli", pool_size=1)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            return await session.scalar(
+                select(WebHost.host_key).where(
+                    WebHost.name == plan.name, WebHost.ssh_address == plan.admin.address
+                )
+            )
+    finally:
+        await engine.dispose()
 
 
 async def _connect(
