@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import aio_pika
@@ -60,9 +61,17 @@ async def plan(settings: DnsSettings, domain: str) -> dict[str, Any]:
     }
 
 
-async def sync(settings: DnsSettings, domain: str | None) -> list[str]:
-    """Queue a reconcile job for one site or every site; returns their domains."""
+async def sync(
+    settings: DnsSettings,
+    domain: str | None,
+    *,
+    on_total: Callable[[int], None] = lambda total: None,
+    on_site: Callable[[str], None] = lambda domain: None,
+) -> list[str]:
+    """Queue a reconcile job for one site or every site; returns their domains.
+    ``on_total`` hears the count first, ``on_site`` each domain once its job is confirmed."""
     sites = await _sites(settings, domain)
+    on_total(len(sites))
     connection = await aio_pika.connect(
         settings.amqp_url, client_properties={"connection_name": "cli"}
     )
@@ -72,4 +81,5 @@ async def sync(settings: DnsSettings, domain: str | None) -> list[str]:
             await publisher.submit(
                 DnsReconcileRequested(tenant_id=site.tenant_id, site_id=site.id, domain=site.domain)
             )
+            on_site(site.domain)
     return [site.domain for site in sites]

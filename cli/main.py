@@ -27,6 +27,7 @@ dns_app = typer.Typer(no_args_is_help=True, help="DNS records of the sites.")
 broker_app = typer.Typer(no_args_is_help=True, help="The RabbitMQ topology.")
 templates_app = typer.Typer(no_args_is_help=True, help="Template packs: validate and list.")
 host_app = typer.Typer(no_args_is_help=True, help="Web hosts: bootstrap, add, list, remove.")
+sites_app = typer.Typer(no_args_is_help=True, help="Sites in bulk.")
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(token_app, name="token")
 app.add_typer(db_app, name="db")
@@ -36,6 +37,7 @@ app.add_typer(dns_app, name="dns")
 app.add_typer(broker_app, name="broker")
 app.add_typer(templates_app, name="templates")
 app.add_typer(host_app, name="host")
+app.add_typer(sites_app, name="sites")
 
 T = TypeVar("T")
 
@@ -160,15 +162,62 @@ def dns_sync(
     domain: Annotated[str | None, typer.Argument(help="one site's domain (default: all)")] = None,
 ) -> None:
     """Queue a DNS reconcile (apply + verify) for one site or for every site."""
+    from contextlib import ExitStack
+
     from cli.dns import sync
+    from cli.progress import progress_bar
     from services.dns.settings import DnsSettings
 
     try:
-        domains = asyncio.run(sync(DnsSettings(), domain))
+        with ExitStack() as stack:
+            steps: list[Callable[[str | None], None]] = []
+
+            def start(total: int) -> None:
+                steps.append(stack.enter_context(progress_bar("queueing DNS reconciles", total)))
+
+            domains = asyncio.run(
+                sync(DnsSettings(), domain, on_total=start, on_site=lambda d: steps[0](d))
+            )
     except SitefleetError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"queued a DNS reconcile for {len(domains)} site(s)")
+
+
+@sites_app.command("redeploy")
+def sites_redeploy(
+    all_sites: Annotated[bool, typer.Option("--all", help="every site")] = False,
+    template: Annotated[str | None, typer.Option(help="every site of this template")] = None,
+) -> None:
+    """Request a new deployment for every site, or every site of one template (through
+    the outbox, like the API's own deployments; the API process publishes them)."""
+    from contextlib import ExitStack
+
+    from cli.progress import progress_bar
+    from cli.redeploy import redeploy
+
+    if all_sites == (template is not None):
+        typer.echo("error: give exactly one of --all or --template NAME", err=True)
+        raise typer.Exit(2)
+    with ExitStack() as stack:
+        steps: list[Callable[[str | None], None]] = []
+
+        def start(total: int) -> None:
+            steps.append(stack.enter_context(progress_bar("redeploying", total)))
+
+        try:
+            requested = asyncio.run(
+                redeploy(
+                    CommonSettings(),
+                    template=template,
+                    on_total=start,
+                    on_site=lambda domain: steps[0](domain),
+                )
+            )
+        except SitefleetError as exc:
+            typer.echo(f"error: {exc.message}", err=True)
+            raise typer.Exit(1) from None
+    typer.echo(f"requested {len(requested)} deployment(s)")
 
 
 @broker_app.command("definitions")
