@@ -73,7 +73,7 @@ async def sync(
     sites = await _sites(settings, domain)
     on_total(len(sites))
     connection = await aio_pika.connect(
-        settings.amqp_url, client_properties={"connection_name": "cli"}
+        settings.broker_urls[0], client_properties={"connection_name": "cli"}
     )
     async with connection:
         publisher = await broker.Publisher.open(connection)

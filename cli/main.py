@@ -115,7 +115,7 @@ def jobs_parked(
 
     from cli.jobs import list_parked
 
-    parked = asyncio.run(list_parked(CommonSettings().amqp_url))
+    parked = asyncio.run(list_parked(CommonSettings().broker_urls[0]))
     if as_json:
         for job in parked:
             typer.echo(json.dumps(dataclasses.asdict(job)))
@@ -134,7 +134,7 @@ def jobs_replay(message_id: Annotated[str, typer.Argument(help="the parked job's
     from cli.jobs import replay
 
     try:
-        job = asyncio.run(replay(CommonSettings().amqp_url, message_id))
+        job = asyncio.run(replay(CommonSettings().broker_urls[0], message_id))
     except SitefleetError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(1) from None
