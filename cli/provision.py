@@ -102,12 +102,12 @@ class Plan:
             raise Invalid(f"host name {self.name!r} must be lower-case letters, digits and -")
         if not LISTEN.match(self.listen):
             raise Invalid(f"--listen {self.listen!r} is not [address:]port")
-        paths = [self.home, self.sites_root, self.objects, self.nginx_conf, self.nginx_default_site]
-        for path in paths + [self.nginx_command[0]] * self.nginx_command[0].startswith("/"):
-            if not SAFE_PATH.match(path) or ".." in PurePosixPath(path).parts:
-                raise Invalid(f"{path!r} is not a plain absolute path", code="invalid_path")
         if not self.nginx_command:
             raise Invalid("the nginx command is empty")
+        paths = [self.home, self.sites_root, self.objects, self.nginx_conf, self.nginx_default_site]
+        for path in paths:
+            if not SAFE_PATH.match(path) or ".." in PurePosixPath(path).parts:
+                raise Invalid(f"{path!r} is not a plain absolute path", code="invalid_path")
         for package in self.packages:
             if not re.match(r"^[a-z0-9][a-z0-9+.-]+$", package):
                 raise Invalid(f"{package!r} is not a Debian package name")
@@ -144,28 +144,34 @@ class Remote:
         self.timeout = timeout
 
     async def run(
-        self, argv: Sequence[str], *, stdin: str | None = None, check: bool = True
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: str | None = None,
+        check: bool = True,
+        what: str | None = None,
     ) -> asyncssh.SSHCompletedProcess:
+        what = what or shlex.join(list(argv))[:200]
         full = ["sudo", "-n", "--", *argv] if self.sudo else list(argv)
         try:
             result = await asyncio.wait_for(
                 self.conn.run(shlex.join(full), input=stdin, check=False), self.timeout
             )
         except (OSError, asyncssh.Error, TimeoutError) as exc:
-            raise Transient(f"{argv[0]} on the host failed: {type(exc).__name__}: {exc}") from exc
+            raise Transient(f"{what} on the host failed: {type(exc).__name__}: {exc}") from exc
         if check and result.exit_status != 0:
             raise Permanent(
-                f"{shlex.join(list(argv))[:200]} failed on the host "
+                f"{what} failed on the host "
                 f"(exit {result.exit_status}): {_text(result.stderr) or _text(result.stdout)}",
                 code="bootstrap_step_failed",
             )
         return result
 
     async def script(
-        self, script: str, *args: str, stdin: str | None = None, check: bool = True
+        self, what: str, script: str, *args: str, stdin: str | None = None
     ) -> asyncssh.SSHCompletedProcess:
         """A fixed script with positional arguments (never formatted into its text)."""
-        return await self.run(["sh", "-c", script, "sh", *args], stdin=stdin, check=check)
+        return await self.run(["sh", "-c", script, "sh", *args], stdin=stdin, what=what)
 
 
 def _text(value: object) -> str:
@@ -281,14 +287,20 @@ async def bootstrap(
         done("packages", *await _packages(remote, plan))
         done("deploy user", *await _deploy_user(remote, plan))
         authorized = await remote.script(
-            AUTHORIZE_KEY, plan.deploy_user, plan.home, stdin=public_key
+            "authorizing the deployer key",
+            AUTHORIZE_KEY,
+            plan.deploy_user,
+            plan.home,
+            stdin=public_key,
         )
         changed = _text(authorized.stdout) == "changed"
         label = asyncssh.import_public_key(public_key).get_fingerprint()
         done(
             "deployer key", changed, ("authorized " if changed else "already authorized: ") + label
         )
-        made = await remote.script(MAKE_DIRS, plan.deploy_user, plan.sites_root, plan.objects)
+        made = await remote.script(
+            "making the directories", MAKE_DIRS, plan.deploy_user, plan.sites_root, plan.objects
+        )
         dirs = _text(made.stdout).split()
         done(
             "directories",
@@ -296,6 +308,7 @@ async def bootstrap(
             f"made {', '.join(dirs)}" if dirs else f"{plan.sites_root} and {plan.objects} in place",
         )
         installed = await remote.script(
+            "installing the nginx config",
             INSTALL_CONFIG,
             plan.nginx_conf,
             plan.nginx_default_site,
@@ -311,7 +324,7 @@ async def bootstrap(
             else f"{plan.nginx_conf} up to date",
         )
         if config_changed:
-            await remote.script(RELOAD, *plan.nginx_command)
+            await remote.script("reloading nginx", RELOAD, *plan.nginx_command)
         done("nginx reload", config_changed, "reloaded" if config_changed else "not needed")
         await remote.run([*plan.nginx_command, "-t"])
         done("check", False, await _probe(remote, plan))
@@ -432,7 +445,13 @@ async def _deploy_user(remote: Remote, plan: Plan) -> tuple[bool, str]:
 async def _probe(remote: Remote, plan: Plan) -> str:
     """A page only this run knows, served by the catch-all server for its Host header."""
     token = secrets.token_hex(16)
-    await remote.script(WRITE_PROBE, plan.sites_root, PROBE_DOMAIN, stdin=f"sitefleet {token}\n")
+    await remote.script(
+        "writing the probe page",
+        WRITE_PROBE,
+        plan.sites_root,
+        PROBE_DOMAIN,
+        stdin=f"sitefleet {token}\n",
+    )
     address, port = plan.http
     url = f"http://{'[' + address + ']' if ':' in address else address}:{port}/"
     last = ""
@@ -448,7 +467,7 @@ async def _probe(remote: Remote, plan: Plan) -> str:
                     last = f"{type(exc).__name__}: {exc}"
                 await asyncio.sleep(0.2)
     finally:
-        await remote.script(REMOVE_PROBE, plan.sites_root, PROBE_DOMAIN)
+        await remote.script("removing the probe page", REMOVE_PROBE, plan.sites_root, PROBE_DOMAIN)
     raise Permanent(
         f"nginx at {url} did not serve the probe page (Host: {PROBE_DOMAIN}): {last}",
         code="bootstrap_check_failed",

@@ -25,7 +25,10 @@ from tests.fixtures.components import world_readable_tempdir
 from tests.fixtures.platform import PlatformFactory
 from tests.fixtures.sshd import Sshd
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(os.geteuid() != 0, reason="creates a user: needs root (CI runs as root)"),
+]
 
 # Debian's stock layout, in small: a main config that includes conf.d and sites-enabled.
 MAIN_CONF = """\
@@ -173,3 +176,24 @@ async def test_bootstrap_refuses_a_deploy_user_that_could_be_a_shell_trick(
     refused = await asyncio.to_thread(sitefleet, {}, *args)
     assert refused.returncode == 1
     assert "is not an unprivileged user name" in refused.stderr
+
+
+async def test_a_config_nginx_rejects_is_rolled_back_and_the_stock_site_keeps_serving(
+    machine: Machine, database_url: str
+) -> None:
+    # Another default server on the port (not loaded yet): `nginx -t` will refuse ours.
+    (machine.nginx_prefix / "conf.d" / "other.conf").write_text(
+        f"server {{ listen 127.0.0.1:{machine.http_port} default_server; return 419; }}\n"
+    )
+    env = {"SITEFLEET_DATABASE_URL": database_url}
+    failed = await asyncio.to_thread(sitefleet, env, *machine.bootstrap_args())
+    assert failed.returncode == 1
+    assert "installing the nginx config failed" in failed.stderr
+    assert "duplicate default server" in failed.stderr  # nginx's own message
+    assert not (machine.nginx_prefix / "conf.d" / "sitefleet.conf").exists()
+    assert (machine.nginx_prefix / "sites-enabled" / "default").is_symlink()  # back
+    async with httpx.AsyncClient(timeout=5) as web:
+        stock = await web.get(f"http://127.0.0.1:{machine.http_port}/")
+    assert stock.status_code == 418
+    listed = await asyncio.to_thread(sitefleet, env, "host", "list")
+    assert "web-boot" not in listed.stdout  # not registered
