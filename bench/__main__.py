@@ -9,7 +9,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable
 
-from bench import report, s1_new_site, s2_s3_ssh, s5_queue, s6_atomicity, s9_disk
+from bench import report, s1_new_site, s2_s3_ssh, s5_queue, s6_atomicity, s9_disk, s10_alerts
 from bench.report import Row, not_measured
 from bench.stack import Stack
 from shared.settings import PROJECT_ROOT
@@ -38,7 +38,7 @@ SCENARIOS: list[tuple[str, Scenario | None, list[tuple[str, str]]]] = [
     ("S7", None, [("S7 DNS: 1,000 zones into PowerDNS", S7_T)]),
     ("S8", None, [("S8 API ingress POST /v1/sites", S8_T)]),
     ("S9", s9_disk.run, [("S9 disk, 1,000 sites from one template", S9_T)]),
-    ("S10", None, [("S10 alert storm", S10_T)]),
+    ("S10", s10_alerts.run, [("S10 alert storm", S10_T)]),
 ]
 
 
@@ -48,8 +48,16 @@ async def main(quick: bool, only: set[str] | None) -> int:
     info = report.machine()
     rows: list[Row] = []
     failed = 0
+    # --only re-measures some scenarios and keeps the other rows of the last full table.
+    previous_run, previous = report.previous_rows(OUT) if only is not None else ("", [])
+    kept_keys: list[str] = []
     for key, runner, placeholders in SCENARIOS:
         if runner is None or (only is not None and key not in only):
+            earlier = [r for r in previous if r.scenario.startswith(key + " ")]
+            if runner is not None and earlier and earlier[0].met != "not measured":
+                rows += earlier
+                kept_keys.append(key)
+                continue
             why = "not measured yet" if runner is None else "not run (--only)"
             rows += [not_measured(name, target, why) for name, target in placeholders]
             continue
@@ -71,8 +79,14 @@ async def main(quick: bool, only: set[str] | None) -> int:
     reps_text = f"{reps} after {warmup} warm-up" + (
         " (quick mode: fewer than the ≥ 30 of BENCH.md; S3 fewer still)" if quick else ""
     )
+    kept = (
+        f"rows of {', '.join(kept_keys)} are kept from the run of {previous_run} "
+        f"(this run: --only {','.join(sorted(only or ()))})"
+        if kept_keys
+        else ""
+    )
     text = report.render(
-        rows, info, quick=quick, reps=reps_text, elapsed=time.perf_counter() - started
+        rows, info, quick=quick, reps=reps_text, elapsed=time.perf_counter() - started, kept=kept
     )
     report.write(text, OUT)
     print(text)

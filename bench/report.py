@@ -81,7 +81,38 @@ def machine() -> dict[str, str]:
     }
 
 
-def render(rows: list[Row], info: dict[str, str], *, quick: bool, reps: str, elapsed: float) -> str:
+_CELL = re.compile(r"(?<!\\)\|")
+
+
+def previous_rows(path: Path) -> tuple[str, list[Row]]:
+    """The rows (with their notes) of the table already written at ``path``, and the date
+    and mode of that run: what ``--only`` keeps for the scenarios it does not run."""
+    if not path.exists():
+        return "", []
+    text = path.read_text()
+    when = re.search(r"^- date: ([^;]+); mode: ([^;]+);", text, re.M)
+    rows: list[Row] = []
+    for line in text.splitlines():
+        if re.match(r"^\| \d+ \| ", line):
+            cells = [c.strip().replace("\\|", "|") for c in _CELL.split(line)[2:-1]]
+            if len(cells) == 6:
+                rows.append(Row(*cells))
+    for scenario, note in re.findall(r"^- \*\*(.+?)\*\*: (.*)$", text, re.M):
+        for row in rows:
+            if row.scenario == scenario:
+                row.notes.append(note)
+    return (f"{when[1]}, {when[2]}" if when else "an earlier run"), rows
+
+
+def render(
+    rows: list[Row],
+    info: dict[str, str],
+    *,
+    quick: bool,
+    reps: str,
+    elapsed: float,
+    kept: str = "",
+) -> str:
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     mode = "quick (`make bench-quick`)" if quick else "full (`make bench`)"
     lines = [
@@ -94,6 +125,7 @@ def render(rows: list[Row], info: dict[str, str], *, quick: bool, reps: str, ela
         "",
         f"- date: {now}; mode: {mode}; repetitions: {reps}; wall time {elapsed:.0f} s",
         "- machine: " + "; ".join(f"{k} {v}" for k, v in info.items()),
+        *([f"- {kept}"] if kept else []),
         "",
         "| # | scenario | ours p50 / p99 / max (or figure) | baseline p50 | ratio | target "
         "| met? |",
