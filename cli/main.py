@@ -339,9 +339,10 @@ def host_bootstrap(
     objects_root: Annotated[
         str | None, typer.Option(help="the object store (default: SITES_ROOT/.objects)")
     ] = None,
-    listen: Annotated[str, typer.Option(help="nginx's listen: [address:]port")] = "80",
+    listen: Annotated[str, typer.Option(help="nginx's listen: port, or address:port")] = "80",
     http: Annotated[
-        str | None, typer.Option(help="address:port to check nginx at (default: address:80)")
+        str | None,
+        typer.Option(help="address:port to check nginx at (default: address:listen port)"),
     ] = None,
     public_address: Annotated[
         list[str] | None, typer.Option(help="an address published in DNS (repeatable)")
@@ -373,7 +374,8 @@ def host_bootstrap(
             admin_key=key.resolve(),
             deploy_key=(deploy_key or key).resolve(),
             name=name or default_name(admin.address),
-            http=hosts.parse_http(http or f"{admin.address}:80"),
+            # Default: the SSH address, on the port nginx is told to listen on.
+            http=hosts.parse_http(http or f"{admin.address}:{listen.rsplit(':', 1)[-1]}"),
             public_addresses=public_address or [admin.address],
             deploy_user=deploy_user,
             deploy_home=deploy_home,

@@ -101,7 +101,7 @@ class Plan:
         if not hosts.HOST_NAME.match(self.name):
             raise Invalid(f"host name {self.name!r} must be lower-case letters, digits and -")
         if not LISTEN.match(self.listen):
-            raise Invalid(f"--listen {self.listen!r} is not [address:]port")
+            raise Invalid(f"--listen {self.listen!r} is not a port or address:port")
         if not self.nginx_command:
             raise Invalid("the nginx command is empty")
         paths = [self.home, self.sites_root, self.objects, self.nginx_conf, self.nginx_default_site]
