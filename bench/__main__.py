@@ -9,7 +9,16 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable
 
-from bench import report, s1_new_site, s2_s3_ssh, s5_queue, s6_atomicity, s7_dns, s9_disk
+from bench import (
+    report,
+    s1_new_site,
+    s2_s3_ssh,
+    s5_queue,
+    s6_atomicity,
+    s7_dns,
+    s9_disk,
+    s10_alerts,
+)
 from bench.report import Row, not_measured
 from bench.stack import Stack
 from shared.settings import PROJECT_ROOT
@@ -38,7 +47,7 @@ SCENARIOS: list[tuple[str, Scenario | None, list[tuple[str, str]]]] = [
     ("S7", s7_dns.run, [("S7 DNS: 1,000 zones into PowerDNS", S7_T)]),
     ("S8", None, [("S8 API ingress POST /v1/sites", S8_T)]),
     ("S9", s9_disk.run, [("S9 disk, 1,000 sites from one template", S9_T)]),
-    ("S10", None, [("S10 alert storm", S10_T)]),
+    ("S10", s10_alerts.run, [("S10 alert storm", S10_T)]),
 ]
 
 

@@ -10,6 +10,9 @@ for pair in rsync:rsync ssh:openssh-client sftp:openssh-client nginx:nginx; do
   command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || need_apt+=("$pkg")
 done
 [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
+# S10's baseline, Alertmanager 0.25 (bench/s10_alerts.py starts its own; the package's
+# service is kept from starting by policy-rc.d below).
+[ -x /usr/bin/prometheus-alertmanager ] || need_apt+=(prometheus-alertmanager)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "missing packages: ${need_apt[*]} - run as root, or: sudo apt-get install ${need_apt[*]}" >&2

@@ -8,6 +8,7 @@ alerts (``dns.halted``) instead.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import aio_pika
@@ -64,12 +65,20 @@ async def plan(settings: DnsSettings, domain: str) -> dict[str, Any]:
     }
 
 
-async def sync(settings: DnsSettings, domain: str | None) -> list[str]:
+async def sync(
+    settings: DnsSettings,
+    domain: str | None,
+    *,
+    on_total: Callable[[int], None] = lambda total: None,
+    on_site: Callable[[str], None] = lambda domain: None,
+) -> list[str]:
     """Queue a reconcile job for one site or every site; returns their domains. Every
-    site: raises Conflict (and alerts) when the circuit breaker halts the run."""
+    site: raises Conflict (and alerts) when the circuit breaker halts the run.
+    ``on_total`` hears the count first, ``on_site`` each domain once its job is confirmed."""
     plans = await _plans(settings, domain)
+    on_total(len(plans))
     connection = await aio_pika.connect(
-        settings.amqp_url, client_properties={"connection_name": "cli"}
+        settings.broker_urls[0], client_properties={"connection_name": "cli"}
     )
     async with connection:
         publisher = await broker.Publisher.open(connection)
@@ -87,4 +96,5 @@ async def sync(settings: DnsSettings, domain: str | None) -> list[str]:
                     tenant_id=site.tenant_id, site_id=site.site_id, domain=site.domain
                 )
             )
+            on_site(site.domain)
     return [site.domain for site in plans]

@@ -40,7 +40,7 @@ async def add(
         host_key = await hosts.fetch_host_key(
             spec.address, spec.port, connect_timeout=settings.ssh_connect_timeout
         )
-        await _try_login(spec, key, host_key, settings.ssh_connect_timeout)
+        await try_login(spec, key, host_key, settings.ssh_connect_timeout)
     if spec is not None:
         default_root, default_http = settings.ssh_sites_root, f"{spec.address}:80"
         default_public = [spec.address]
@@ -68,7 +68,7 @@ async def add(
         await engine.dispose()
 
 
-async def _try_login(spec: hosts.SshSpec, key: Path, host_key: str, connect_timeout: float) -> None:
+async def try_login(spec: hosts.SshSpec, key: Path, host_key: str, connect_timeout: float) -> None:
     try:
         conn = await asyncssh.connect(
             spec.address,

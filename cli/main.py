@@ -27,7 +27,8 @@ jobs_app = typer.Typer(no_args_is_help=True, help="Parked jobs: list and replay.
 dns_app = typer.Typer(no_args_is_help=True, help="DNS records of the sites.")
 broker_app = typer.Typer(no_args_is_help=True, help="The RabbitMQ topology.")
 templates_app = typer.Typer(no_args_is_help=True, help="Template packs: validate and list.")
-host_app = typer.Typer(no_args_is_help=True, help="Web hosts: add, list, remove.")
+host_app = typer.Typer(no_args_is_help=True, help="Web hosts: bootstrap, add, list, remove.")
+sites_app = typer.Typer(no_args_is_help=True, help="Sites in bulk.")
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(token_app, name="token")
 app.add_typer(db_app, name="db")
@@ -37,6 +38,7 @@ app.add_typer(dns_app, name="dns")
 app.add_typer(broker_app, name="broker")
 app.add_typer(templates_app, name="templates")
 app.add_typer(host_app, name="host")
+app.add_typer(sites_app, name="sites")
 
 T = TypeVar("T")
 
@@ -114,7 +116,7 @@ def jobs_parked(
 
     from cli.jobs import list_parked
 
-    parked = asyncio.run(list_parked(CommonSettings().amqp_url))
+    parked = asyncio.run(list_parked(CommonSettings().broker_urls[0]))
     if as_json:
         for job in parked:
             typer.echo(json.dumps(dataclasses.asdict(job)))
@@ -133,7 +135,7 @@ def jobs_replay(message_id: Annotated[str, typer.Argument(help="the parked job's
     from cli.jobs import replay
 
     try:
-        job = asyncio.run(replay(CommonSettings().amqp_url, message_id))
+        job = asyncio.run(replay(CommonSettings().broker_urls[0], message_id))
     except SitefleetError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(1) from None
@@ -161,15 +163,62 @@ def dns_sync(
     domain: Annotated[str | None, typer.Argument(help="one site's domain (default: all)")] = None,
 ) -> None:
     """Queue a DNS reconcile (apply + verify) for one site or for every site."""
+    from contextlib import ExitStack
+
     from cli.dns import sync
+    from cli.progress import progress_bar
     from services.dns.settings import DnsSettings
 
     try:
-        domains = asyncio.run(sync(DnsSettings(), domain))
+        with ExitStack() as stack:
+            steps: list[Callable[[str | None], None]] = []
+
+            def start(total: int) -> None:
+                steps.append(stack.enter_context(progress_bar("queueing DNS reconciles", total)))
+
+            domains = asyncio.run(
+                sync(DnsSettings(), domain, on_total=start, on_site=lambda d: steps[0](d))
+            )
     except SitefleetError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"queued a DNS reconcile for {len(domains)} site(s)")
+
+
+@sites_app.command("redeploy")
+def sites_redeploy(
+    all_sites: Annotated[bool, typer.Option("--all", help="every site")] = False,
+    template: Annotated[str | None, typer.Option(help="every site of this template")] = None,
+) -> None:
+    """Request a new deployment for every site, or every site of one template (through
+    the outbox, like the API's own deployments; the API process publishes them)."""
+    from contextlib import ExitStack
+
+    from cli.progress import progress_bar
+    from cli.redeploy import redeploy
+
+    if all_sites == (template is not None):
+        typer.echo("error: give exactly one of --all or --template NAME", err=True)
+        raise typer.Exit(2)
+    with ExitStack() as stack:
+        steps: list[Callable[[str | None], None]] = []
+
+        def start(total: int) -> None:
+            steps.append(stack.enter_context(progress_bar("redeploying", total)))
+
+        try:
+            requested = asyncio.run(
+                redeploy(
+                    CommonSettings(),
+                    template=template,
+                    on_total=start,
+                    on_site=lambda domain: steps[0](domain),
+                )
+            )
+        except SitefleetError as exc:
+            typer.echo(f"error: {exc.message}", err=True)
+            raise typer.Exit(1) from None
+    typer.echo(f"requested {len(requested)} deployment(s)")
 
 
 @broker_app.command("definitions")
@@ -308,6 +357,92 @@ def host_add(
     typer.echo(f"host {host.id} {host.name} ({describe(host)}) added")
     if host.host_key:
         typer.echo(f"pinned host key: {host.host_key}")
+
+
+@host_app.command("bootstrap")
+def host_bootstrap(
+    target: Annotated[
+        str, typer.Argument(help="user@address[:port]: root, or an account that may sudo -n")
+    ],
+    key: Annotated[Path, typer.Option(help="the private key that logs in as that account")],
+    name: Annotated[
+        str | None, typer.Option(help="the host's name (default: from address)")
+    ] = None,
+    deploy_user: Annotated[str, typer.Option(help="the unprivileged deploy user")] = "sitefleet",
+    deploy_key: Annotated[
+        Path | None, typer.Option(help="the deployer's private key (default: --key)")
+    ] = None,
+    deploy_home: Annotated[
+        str | None, typer.Option(help="the deploy user's home (default: /home/USER)")
+    ] = None,
+    sites_root: Annotated[
+        str | None, typer.Option(help="the sites root (default: SITEFLEET_SSH_SITES_ROOT)")
+    ] = None,
+    objects_root: Annotated[
+        str | None, typer.Option(help="the object store (default: SITES_ROOT/.objects)")
+    ] = None,
+    listen: Annotated[str, typer.Option(help="nginx's listen: port, or address:port")] = "80",
+    http: Annotated[
+        str | None,
+        typer.Option(help="address:port to check nginx at (default: address:listen port)"),
+    ] = None,
+    public_address: Annotated[
+        list[str] | None, typer.Option(help="an address published in DNS (repeatable)")
+    ] = None,
+    nginx_conf: Annotated[
+        str, typer.Option(help="where the catch-all config goes")
+    ] = "/etc/nginx/conf.d/sitefleet.conf",
+    nginx_default_site: Annotated[
+        str, typer.Option(help="the stock site to disable (a symlink)")
+    ] = "/etc/nginx/sites-enabled/default",
+    nginx_command: Annotated[
+        str, typer.Option(help="how to run nginx on the host (e.g. 'nginx -c FILE')")
+    ] = "nginx",
+) -> None:
+    """Prepare a fresh Debian/Ubuntu web host over SSH (nginx, a deploy user, the layout,
+    the catch-all config), check it serves, and register it. A second run changes nothing."""
+    import shlex
+
+    from cli.progress import progress_bar
+    from cli.provision import STEPS, Plan, StepResult, bootstrap, default_name
+    from services.deployer import hosts
+    from services.deployer.settings import DeployerSettings
+
+    settings = DeployerSettings()
+    try:
+        admin = hosts.parse_ssh(target)
+        plan = Plan(
+            admin=admin,
+            admin_key=key.resolve(),
+            deploy_key=(deploy_key or key).resolve(),
+            name=name or default_name(admin.address),
+            # Default: the SSH address, on the port nginx is told to listen on.
+            http=hosts.parse_http(http or f"{admin.address}:{listen.rsplit(':', 1)[-1]}"),
+            public_addresses=public_address or [admin.address],
+            deploy_user=deploy_user,
+            deploy_home=deploy_home,
+            sites_root=sites_root or settings.ssh_sites_root,
+            objects_root=objects_root or settings.ssh_objects_root,
+            listen=listen,
+            nginx_conf=nginx_conf,
+            nginx_default_site=nginx_default_site,
+            nginx_command=tuple(shlex.split(nginx_command)),
+        )
+        with progress_bar(f"bootstrapping {plan.name}", len(STEPS)) as step:
+
+            def report(result: StepResult) -> None:
+                mark = "changed" if result.changed else "ok     "
+                typer.echo(f"{mark}  {result.step}: {result.detail}")
+                step(result.step)
+
+            outcome = asyncio.run(bootstrap(plan, settings, report))
+    except (SitefleetError, ValueError) as exc:
+        typer.echo(f"error: {getattr(exc, 'message', exc)}", err=True)
+        raise typer.Exit(1) from None
+    if outcome.changed:
+        typer.echo(f"{len(outcome.changed)} step(s) changed the host; web host {plan.name} ready")
+    else:
+        typer.echo(f"nothing changed: web host {plan.name} was already bootstrapped")
 
 
 @host_app.command("list")

@@ -71,7 +71,7 @@ async def collect(settings: CommonSettings, api_url: str, stuck_after: timedelta
     if api != "ready":
         status.problems.append(f"API {api}")
     try:
-        status.queues = await _queues(settings.amqp_url)
+        status.queues = await _queues(settings.broker_urls[0])
     except (OSError, aio_pika.exceptions.AMQPError) as exc:
         status.problems.append(f"RabbitMQ unreachable: {exc}")
     for queue in status.queues:

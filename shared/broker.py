@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,7 +140,7 @@ async def connect(url: str, *, name: str, retry_every: float = 1.0) -> AbstractR
 
 
 async def stay_connected(
-    url: str,
+    url: str | Sequence[str],
     *,
     name: str,
     on_connect: Callable[[AbstractConnection], Awaitable[None]],
@@ -154,11 +154,20 @@ async def stay_connected(
     everything afresh on each connection is easier to reason about than restoring channels
     and consumers in place, and unacked deliveries of the lost connection are redelivered
     by the broker anyway.
+
+    ``url`` may list the nodes of a cluster: each attempt takes the next one, so a node
+    that is down (or drops the connection) hands the service to another.
     """
+    urls = [url] if isinstance(url, str) else list(url)
+    if not urls:
+        raise ValueError("no broker URL")
+    attempt = 0
     while True:
         connection: AbstractConnection | None = None
+        node = urls[attempt % len(urls)]
+        attempt += 1
         try:
-            connection = await aio_pika.connect(url, client_properties={"connection_name": name})
+            connection = await aio_pika.connect(node, client_properties={"connection_name": name})
             lost = asyncio.Event()
             connection.close_callbacks.add(lambda *_, lost=lost: lost.set())
             await on_connect(connection)

@@ -48,7 +48,10 @@ async def consume_until(
 
     link = asyncio.create_task(
         broker.stay_connected(
-            settings.amqp_url, name=name, on_connect=on_connect, on_disconnect=publisher.detach
+            settings.broker_urls,
+            name=name,
+            on_connect=on_connect,
+            on_disconnect=publisher.detach,
         )
     )
     await stop.wait()

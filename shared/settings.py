@@ -20,6 +20,9 @@ class CommonSettings(BaseSettings):
 
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/sitefleet"
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    # The nodes of a RabbitMQ cluster (JSON list); when set it replaces amqp_url. Services
+    # connect to one node and move to the next when it is down or drops the connection.
+    amqp_urls: list[str] = Field(default_factory=list)
     log_level: str = "INFO"
     # Backoff ladder of the retry wait queues, in seconds; a job is parked after the last.
     retry_delays: list[float] = Field(default_factory=lambda: [10.0, 60.0, 300.0, 1800.0, 7200.0])
@@ -30,6 +33,11 @@ class CommonSettings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 0
     templates_dir: Path = PROJECT_ROOT / "templates"
+
+    @property
+    def broker_urls(self) -> list[str]:
+        """Where the services connect: the cluster's nodes, else the one broker."""
+        return list(self.amqp_urls) or [self.amqp_url]
 
 
 class WebHostSettings(BaseSettings):

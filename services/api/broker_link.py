@@ -28,7 +28,7 @@ class BrokerLink:
 
     async def run(self) -> None:
         await broker.stay_connected(
-            self.settings.amqp_url,
+            self.settings.broker_urls,
             name="api",
             on_connect=self._on_connect,
             on_disconnect=self._on_disconnect,
