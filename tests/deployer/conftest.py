@@ -21,6 +21,7 @@ from cli.devstack.nginx import nginx_command, start_nginx
 from services.deployer.release import LocalHost
 from services.deployer.settings import DeployerSettings
 from shared.template_packs import TemplateCatalog
+from tests.fixtures.isolation import create_vhost, drop_vhost
 
 DEMO_SCHEMA = {
     "type": "object",
@@ -191,11 +192,6 @@ def settings(
 def deployer_amqp_url(amqp_url: str) -> Iterator[str]:
     """A RabbitMQ vhost of our own: the queues the whole deployer consumes and the events it
     emits are not shared with any other test's consumers."""
-    vhost = f"sitefleet-test-deployer-{uuid.uuid4().hex[:10]}"
-    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True)
-    subprocess.run(
-        ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
-        check=True,
-    )
-    yield f"{amqp_url.rsplit('/', 1)[0]}/{vhost}"
-    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], check=False)
+    vhost, url = create_vhost(f"sitefleet-test-deployer-{uuid.uuid4().hex[:10]}")
+    yield url
+    drop_vhost(vhost)
