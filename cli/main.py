@@ -398,6 +398,13 @@ def host_bootstrap(
     nginx_command: Annotated[
         str, typer.Option(help="how to run nginx on the host (e.g. 'nginx -c FILE')")
     ] = "nginx",
+    rules_nginx_command: Annotated[
+        str | None,
+        typer.Option(
+            help="how the deployer runs nginx as the deploy user, for templates with nginx "
+            "rules (e.g. 'sudo -n /usr/sbin/nginx', with a sudoers rule; docs/operations.md)"
+        ),
+    ] = None,
 ) -> None:
     """Prepare a fresh Debian/Ubuntu web host over SSH (nginx, a deploy user, the layout,
     the catch-all config), check it serves, and register it. A second run changes nothing."""
@@ -427,6 +434,9 @@ def host_bootstrap(
             nginx_conf=nginx_conf,
             nginx_default_site=nginx_default_site,
             nginx_command=tuple(shlex.split(nginx_command)),
+            rules_nginx_command=(
+                tuple(shlex.split(rules_nginx_command)) if rules_nginx_command else None
+            ),
         )
         with progress_bar(f"bootstrapping {plan.name}", len(STEPS)) as step:
 

@@ -29,7 +29,7 @@ from sqlalchemy import select
 
 from cli.hosts import try_login
 from services.deployer import hosts
-from services.deployer.layout import OBJECTS
+from services.deployer.layout import OBJECTS, RULES
 from services.deployer.settings import DeployerSettings
 from shared.db import create_engine, create_sessionmaker
 from shared.errors import Conflict, Invalid, Permanent, Transient
@@ -83,9 +83,11 @@ class Plan:
     nginx_default_site: str = "/etc/nginx/sites-enabled/default"
     nginx_command: tuple[str, ...] = ("nginx",)
     packages: tuple[str, ...] = ("nginx", "python3")
-    # Seam for per-site rule profiles (not implemented here): an http-level include such
-    # as `include <sites_root>/.nginx/*.conf;`, rendered where @{rule_profiles} stands.
-    rule_profiles_include: str | None = None
+    # How the deployer, as the deploy user, runs nginx for per-site rule profiles
+    # (services/deployer/nginx_rules.py), e.g. ("sudo", "-n", "/usr/sbin/nginx") with a
+    # sudoers rule for `-t -q` and `-s reload`; None: the host serves plain sites only. The
+    # catch-all config includes <sites_root>/.nginx/*.conf either way.
+    rules_nginx_command: tuple[str, ...] | None = None
 
     @property
     def home(self) -> str:
@@ -113,7 +115,7 @@ class Plan:
                 raise Invalid(f"{package!r} is not a Debian package name")
 
     def nginx_config(self) -> str:
-        include = self.rule_profiles_include or ""
+        include = f"include {self.sites_root}/{RULES}/*.conf;"
         return ConfigTemplate(TEMPLATE.read_text()).substitute(
             listen=self.listen, sites_root=self.sites_root, rule_profiles=include
         )
@@ -514,6 +516,8 @@ async def _register(plan: Plan, settings: DeployerSettings) -> tuple[bool, str]:
                 objects_root=plan.objects_root,
                 http=plan.http,
                 public_addresses=plan.public_addresses,
+                nginx_command=plan.rules_nginx_command,
+                nginx_listen=plan.listen,
             )
     finally:
         await engine.dispose()
