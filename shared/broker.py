@@ -4,8 +4,8 @@ Topology (declared idempotently by every process at start, so nothing published 
 consumer starts is unroutable):
 
     sitefleet.jobs   (topic)  --deployment.*, site.*-->  deployer.jobs
-                              --dns.*-->                 dns.jobs
-    sitefleet.events (topic)  --deployment.*, site.*, dns.*-->   api.events
+                              --dns.*, domain.*-->       dns.jobs
+    sitefleet.events (topic)  --deployment.*, site.*, dns.*, domain.*-->   api.events
                               --*.failed, *.parked-->             notifier.events
 
 Every work queue ``Q`` is a quorum queue with:
@@ -58,8 +58,10 @@ class QueueSpec:
 
 
 DEPLOYER_JOBS = QueueSpec("deployer.jobs", JOBS_EXCHANGE, ("deployment.*", "site.*"))
-DNS_JOBS = QueueSpec("dns.jobs", JOBS_EXCHANGE, ("dns.*",))
-API_EVENTS = QueueSpec("api.events", EVENTS_EXCHANGE, ("deployment.*", "site.*", "dns.*"))
+DNS_JOBS = QueueSpec("dns.jobs", JOBS_EXCHANGE, ("dns.*", "domain.*"))
+API_EVENTS = QueueSpec(
+    "api.events", EVENTS_EXCHANGE, ("deployment.*", "site.*", "dns.*", "domain.*")
+)
 NOTIFIER_EVENTS = QueueSpec(
     "notifier.events", EVENTS_EXCHANGE, ("*.failed", "*.parked", "*.succeeded", "dns.drift")
 )

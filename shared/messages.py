@@ -90,6 +90,18 @@ class DnsRemovalRequested(Message):
     domain: str
 
 
+class DomainRegisterRequested(Message):
+    """Buy ``domain`` at the configured registrar; ``domain_id`` is the order id (idempotency
+    key): however often this job runs, the domain is bought at most once."""
+
+    TYPE: ClassVar[str] = "domain.register_requested"
+
+    domain_id: str
+    tenant_id: str
+    domain: str
+    years: int
+
+
 # --- events -----------------------------------------------------------------------------
 
 DeploymentStatus = Literal[
@@ -209,6 +221,44 @@ class DnsDrifted(Message):
     error: ErrorInfo
 
 
+class DomainRegistered(Message):
+    """Bought and delegated to our nameservers: the domain is ``active``."""
+
+    TYPE: ClassVar[str] = "domain.registered"
+
+    domain_id: str
+    tenant_id: str
+    domain: str
+    registrar: str
+    expires_at: datetime | None = None
+
+
+class DomainVerified(Message):
+    """A brought domain's challenge TXT record was found (by the DNS service's checker)."""
+
+    TYPE: ClassVar[str] = "domain.verified"
+
+    domain_id: str
+    tenant_id: str
+    domain: str
+    delegated: bool
+    checked_at: datetime = Field(default_factory=utcnow)
+
+
+class DomainFailed(Message):
+    """A registration failed for good; an alert for the notifier (``*.failed``)."""
+
+    TYPE: ClassVar[str] = "domain.failed"
+
+    domain_id: str
+    tenant_id: str
+    domain: str
+    registrar: str
+    error: ErrorInfo
+    # The notifier groups alerts per site; a domain has none.
+    site_id: str | None = None
+
+
 class JobParked(Message):
     """A job gave up (retries exhausted or a permanent error); ``TYPE`` is set per job."""
 
@@ -240,6 +290,10 @@ PAYLOADS: dict[str, type[Message]] = {
         DnsRecordsRemoved,
         DnsFailed,
         DnsDrifted,
+        DomainRegisterRequested,
+        DomainRegistered,
+        DomainVerified,
+        DomainFailed,
     )
 }
 

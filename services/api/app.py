@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
+import httpx
 from fastapi import FastAPI
 from prometheus_client import make_asgi_app
 
@@ -17,6 +18,7 @@ from services.api.deployments import reap_stuck
 from services.api.deps import AppState
 from services.api.endpoints import (
     deployments,
+    domains,
     health,
     hooks,
     identity,
@@ -32,6 +34,7 @@ from services.api.outbox import Relay
 from services.api.settings import ApiSettings
 from services.api.template_registry import register_catalog
 from shared.db import SessionMaker, create_engine, create_sessionmaker
+from shared.registrar import open_registrar
 from shared.template_packs import TemplateCatalog
 
 log = logging.getLogger(__name__)
@@ -69,7 +72,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             publish_timeout=settings.publish_timeout,
         )
         link = BrokerLink(settings, relay, EventRecorder(sessionmaker))
-        app.state.sitefleet = AppState(settings, sessionmaker, catalog, relay, link)
+        http = httpx.AsyncClient()
+        registrar = open_registrar(settings, sessionmaker=sessionmaker, http=http)
+        app.state.sitefleet = AppState(settings, sessionmaker, catalog, relay, link, registrar)
         tasks = [
             asyncio.create_task(relay.run()),
             asyncio.create_task(link.run()),
@@ -82,6 +87,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await http.aclose()
             await engine.dispose()
 
     app = FastAPI(
@@ -91,7 +97,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for module in (health, identity, templates, sites, deployments, hooks):
+    for module in (health, identity, templates, sites, deployments, hooks, domains):
         app.include_router(module.router)
     app.include_router(notifications.router)
     app.mount("/metrics", make_asgi_app())

@@ -5,10 +5,14 @@ from __future__ import annotations
 from sqlalchemy import delete, select
 
 from services.api.deployments import apply_parked, apply_report
+from services.api.domains import apply_domain_event
 from shared.db import SessionMaker
 from shared.messages import (
     DeploymentReport,
     DnsRecordsRemoved,
+    DomainFailed,
+    DomainRegistered,
+    DomainVerified,
     Envelope,
     JobParked,
     Message,
@@ -27,6 +31,10 @@ class EventRecorder:
                 await apply_report(session, event)
             elif isinstance(event, JobParked) and event.job_type == "deployment.requested":
                 await apply_parked(session, event)
+            elif isinstance(event, DomainRegistered | DomainVerified | DomainFailed) or (
+                isinstance(event, JobParked) and event.job_type == "domain.register_requested"
+            ):
+                await apply_domain_event(session, event)
             elif isinstance(event, SiteFilesRemoved | DnsRecordsRemoved):
                 site = await session.scalar(
                     select(Site).where(Site.id == event.site_id).with_for_update()

@@ -12,6 +12,7 @@ import logging
 import httpx
 
 from services.dns.consumer import DnsJobHandler
+from services.dns.domains import DomainPurchases, check_brought_domains_forever
 from services.dns.local_cdn import ensure_local_cdn_zone
 from services.dns.powerdns import PowerDnsClient
 from services.dns.settings import DnsSettings
@@ -22,6 +23,7 @@ from shared.db import create_engine, create_sessionmaker
 from shared.errors import SitefleetError
 from shared.logs import configure_logging
 from shared.metrics import serve_metrics
+from shared.registrar import open_registrar
 from shared.service import consume_until, stop_event
 
 log = logging.getLogger("services.dns")
@@ -57,11 +59,23 @@ async def main() -> None:
             if settings.local_cdn_zone:
                 await _ensure_cdn_zone(client, settings, stop)
             publisher = broker.Publisher()
+            sessionmaker = create_sessionmaker(engine)
+            registrar = open_registrar(settings, sessionmaker=sessionmaker, http=http)
+            purchases = DomainPurchases(
+                sessionmaker=sessionmaker,
+                registrar=registrar,
+                publisher=publisher,
+                settings=settings,
+            )
             handler = DnsJobHandler(
-                sessionmaker=create_sessionmaker(engine),
+                sessionmaker=sessionmaker,
                 client=client,
                 publisher=publisher,
                 settings=settings,
+                purchases=purchases,
+            )
+            checker = asyncio.create_task(
+                check_brought_domains_forever(sessionmaker, publisher, settings)
             )
             consumer = Consumer(broker.DNS_JOBS, handler, publisher, settings.retry_delays)
             sweeper = (
@@ -78,6 +92,7 @@ async def main() -> None:
             )
             if sweeper is not None:
                 sweeper.cancel()
+            checker.cancel()
     finally:
         await engine.dispose()
 
