@@ -56,7 +56,9 @@ def _resolver(address: str, timeout: float) -> dns.asyncresolver.Resolver:
 async def _answers(resolver: dns.asyncresolver.Resolver, name: str, rtype: str) -> list[str]:
     try:
         answer = await resolver.resolve(name, rtype, raise_on_no_answer=False)
-    except dns.resolver.NXDOMAIN:
+    except (dns.resolver.NXDOMAIN, dns.resolver.NoNameservers):
+        # No such name, or no server will answer for it (SERVFAIL/REFUSED: the zone is not
+        # delegated anywhere yet): either way the record is not there. Timeouts propagate.
         return []
     if answer.rrset is None:
         return []
