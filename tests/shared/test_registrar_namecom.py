@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
-from shared.errors import Conflict, Permanent, Unavailable
+from shared.errors import Conflict, Permanent, RateLimited, Unavailable
 from shared.registrar.namecom import NameComRegistrar
 from tests.fixtures.namecom import FakeNameCom
 
@@ -113,6 +113,15 @@ async def test_server_error_is_transient(http: httpx.AsyncClient, fake: FakeName
         await registrar.check("rosas-bakery.com")
     assert caught.value.code == "registrar_unavailable"
     assert (await registrar.check("rosas-bakery.com")).available  # the next call works
+
+
+async def test_rate_limit_is_transient_with_retry_after(
+    http: httpx.AsyncClient, fake: FakeNameCom
+) -> None:
+    fake.throttle_next = 1
+    with pytest.raises(RateLimited) as caught:
+        await adapter(http, fake).check("rosas-bakery.com")
+    assert caught.value.retry_after == 7.0
 
 
 async def test_timeout_after_charging_never_buys_twice(
