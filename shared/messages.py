@@ -245,8 +245,31 @@ class DomainVerified(Message):
     checked_at: datetime = Field(default_factory=utcnow)
 
 
+class DomainRenewed(Message):
+    """Renewed at the registrar (the daily renewal pass); ``expires_at`` is the new expiry."""
+
+    TYPE: ClassVar[str] = "domain.renewed"
+
+    domain_id: str
+    tenant_id: str
+    domain: str
+    expires_at: datetime | None = None
+
+
+class DomainExpired(Message):
+    """The registration lapsed: the API marks the domain ``expired`` and takes the DNS of
+    the tenant's sites on it down."""
+
+    TYPE: ClassVar[str] = "domain.expired"
+
+    domain_id: str
+    tenant_id: str
+    domain: str
+
+
 class DomainFailed(Message):
-    """A registration failed for good; an alert for the notifier (``*.failed``)."""
+    """A registration failed for good, a renewal failed, or the domain is about to expire
+    or has expired (``error.code``); an alert for the notifier (``*.failed``)."""
 
     TYPE: ClassVar[str] = "domain.failed"
 
@@ -293,6 +316,8 @@ PAYLOADS: dict[str, type[Message]] = {
         DomainRegisterRequested,
         DomainRegistered,
         DomainVerified,
+        DomainRenewed,
+        DomainExpired,
         DomainFailed,
     )
 }

@@ -349,6 +349,8 @@ class Domain(Base):
     # The registrar that sold it (``sandbox``, ``namecom``); NULL for a brought domain.
     registrar: Mapped[str | None] = mapped_column(String(32))
     years: Mapped[int | None] = mapped_column(Integer)
+    # A bought domain is renewed before it expires unless the tenant turned this off.
+    auto_renew: Mapped[bool] = mapped_column(Boolean, default=True)
     # The secret a brought domain publishes at ``_sitefleet-challenge.<name>`` (TXT).
     txt_value: Mapped[str] = mapped_column(String(128))
     # Whether the last check saw the NS delegation point at our nameservers.
@@ -377,7 +379,11 @@ class RegistrarOrder(Base):
     status: Mapped[str] = mapped_column(String(16), default="new")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     registrar_order_id: Mapped[str | None] = mapped_column(String(128))
+    # The registration's expiry as the registrar last told us (renewals move it).
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The smallest "days before expiry" warning already sent for this expiry date, so each
+    # warning goes out once; reset by a renewal.
+    warned_days: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = _now()
@@ -394,5 +400,7 @@ class SandboxRegistration(Base):
     price: Mapped[str] = mapped_column(String(16))
     nameservers: Mapped[list[Any]] = mapped_column(JSONB, default=list)
     contact: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    # Renewal order ids already applied (a renewal retried with its id renews once).
+    renewals: Mapped[list[Any]] = mapped_column(JSONB, default=list)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = _now()

@@ -97,3 +97,10 @@ class DomainSettings(BaseSettings):
     domain_resolver: str = ""
     # Seconds between the DNS service's checks of brought domains waiting for verification.
     domain_check_interval: float = 60.0
+    # Seconds between renewal passes over bought domains (renew, warn, expire); 0 = off.
+    domain_renew_interval: float = 86400.0
+    # Auto-renew this many days before expiry.
+    domain_renew_before_days: int = 30
+    # Warn (a domain.failed alert, code domain_expiring) this many days before expiry when
+    # the domain is not renewed.
+    domain_warn_days: list[int] = Field(default_factory=lambda: [30, 7])

@@ -16,6 +16,7 @@ from services.api.schemas import (
     DomainCreate,
     DomainFailure,
     DomainRead,
+    DomainUpdate,
     PriceRead,
     VerificationRead,
 )
@@ -25,9 +26,12 @@ from shared.errors import Conflict, Invalid, NotFound
 from shared.ids import new_id
 from shared.messages import (
     DnsReconcileRequested,
+    DnsRemovalRequested,
+    DomainExpired,
     DomainFailed,
     DomainRegistered,
     DomainRegisterRequested,
+    DomainRenewed,
     DomainVerified,
     JobParked,
 )
@@ -53,6 +57,7 @@ def domain_read(domain: Domain, settings: DomainSettings) -> DomainRead:
         ),
         verified_at=domain.verified_at,
         bring_your_own=domain.bring_your_own,
+        auto_renew=domain.auto_renew,
         delegated=domain.delegated,
         checked_at=domain.checked_at,
         failure=DomainFailure(**domain.failure) if domain.failure else None,
@@ -184,6 +189,7 @@ async def add_domain(
         bring_your_own=req.bring_your_own,
         registrar=None if req.bring_your_own else registrar.name,
         years=None if req.bring_your_own else req.years,
+        auto_renew=not req.bring_your_own,
         txt_value=secrets.token_urlsafe(24),
         created_at=now,
         updated_at=now,
@@ -197,6 +203,21 @@ async def add_domain(
                 domain_id=domain.id, tenant_id=domain.tenant_id, domain=name, years=req.years
             ),
         )
+    return domain
+
+
+async def update_domain(
+    session: AsyncSession, principal: Principal, raw: str, req: DomainUpdate
+) -> Domain:
+    domain = await get_domain(session, principal, raw, for_update=True)
+    if domain.bring_your_own and req.auto_renew:
+        raise Invalid(
+            "a brought domain is renewed where it is registered, not here",
+            code="not_renewable",
+            details={"fields": [{"field": "auto_renew", "message": "only for bought domains"}]},
+        )
+    domain.auto_renew = req.auto_renew
+    domain.updated_at = utcnow()
     return domain
 
 
@@ -235,23 +256,43 @@ async def activate(session: AsyncSession, domain: Domain) -> None:
     domain.failure = None
     if not first:
         return
-    sites = await session.execute(
-        select(Site.id, Site.domain).where(
-            Site.tenant_id == domain.tenant_id,
-            Site.status != "deleting",
-            or_(Site.domain == domain.name, Site.domain.like(f"%.{_escape_like(domain.name)}")),
-        )
-    )
-    for site_id, site_domain in sites:
+    for site_id, site_domain in await _sites_on(session, domain):
         outbox.enqueue(
             session,
             DnsReconcileRequested(tenant_id=domain.tenant_id, site_id=site_id, domain=site_domain),
         )
 
 
-async def apply_domain_event(
-    session: AsyncSession, event: DomainRegistered | DomainVerified | DomainFailed | JobParked
-) -> None:
+DomainEvent = (
+    DomainRegistered | DomainVerified | DomainRenewed | DomainExpired | DomainFailed | JobParked
+)
+
+
+async def expire(session: AsyncSession, domain: Domain) -> None:
+    """The registration lapsed: ``expired``, and the tenant's sites on it lose their DNS
+    records (their files stay; records come back if the domain is active again)."""
+    if domain.status == "expired":
+        return
+    domain.status = "expired"
+    for site_id, site_domain in await _sites_on(session, domain):
+        outbox.enqueue(
+            session,
+            DnsRemovalRequested(tenant_id=domain.tenant_id, site_id=site_id, domain=site_domain),
+        )
+
+
+async def _sites_on(session: AsyncSession, domain: Domain) -> list[tuple[str, str]]:
+    rows = await session.execute(
+        select(Site.id, Site.domain).where(
+            Site.tenant_id == domain.tenant_id,
+            Site.status != "deleting",
+            or_(Site.domain == domain.name, Site.domain.like(f"%.{_escape_like(domain.name)}")),
+        )
+    )
+    return [(site_id, site_domain) for site_id, site_domain in rows]
+
+
+async def apply_domain_event(session: AsyncSession, event: DomainEvent) -> None:
     """What the DNS service reports about a purchase or a verification."""
     if isinstance(event, JobParked):
         domain_id = str(event.job.get("domain_id", ""))
@@ -265,6 +306,10 @@ async def apply_domain_event(
         domain.expires_at = event.expires_at
         domain.delegated = True
         await activate(session, domain)
+    elif isinstance(event, DomainRenewed):
+        domain.expires_at = event.expires_at
+    elif isinstance(event, DomainExpired):
+        await expire(session, domain)
     elif isinstance(event, DomainVerified):
         domain.checked_at = event.checked_at
         domain.delegated = event.delegated

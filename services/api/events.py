@@ -10,8 +10,10 @@ from shared.db import SessionMaker
 from shared.messages import (
     DeploymentReport,
     DnsRecordsRemoved,
+    DomainExpired,
     DomainFailed,
     DomainRegistered,
+    DomainRenewed,
     DomainVerified,
     Envelope,
     JobParked,
@@ -31,9 +33,10 @@ class EventRecorder:
                 await apply_report(session, event)
             elif isinstance(event, JobParked) and event.job_type == "deployment.requested":
                 await apply_parked(session, event)
-            elif isinstance(event, DomainRegistered | DomainVerified | DomainFailed) or (
-                isinstance(event, JobParked) and event.job_type == "domain.register_requested"
-            ):
+            elif isinstance(
+                event,
+                DomainRegistered | DomainVerified | DomainRenewed | DomainExpired | DomainFailed,
+            ) or (isinstance(event, JobParked) and event.job_type == "domain.register_requested"):
                 await apply_domain_event(session, event)
             elif isinstance(event, SiteFilesRemoved | DnsRecordsRemoved):
                 site = await session.scalar(

@@ -221,6 +221,10 @@ class DomainCreate(Strict):
     bring_your_own: bool = False
 
 
+class DomainUpdate(Strict):
+    auto_renew: bool
+
+
 class PriceRead(BaseModel):
     amount: str
     currency: str
@@ -252,9 +256,11 @@ class DomainRead(BaseModel):
     expires_at: datetime | None
     verification: VerificationRead
     verified_at: datetime | None
-    # Additions to API.md: how it came here, whether the NS delegation points at us (last
-    # check), and why the registration or the last verification failed.
+    # Additions to API.md: how it came here, whether it is renewed before it expires,
+    # whether the NS delegation points at us (last check), and why the registration or the
+    # last verification failed.
     bring_your_own: bool
+    auto_renew: bool
     delegated: bool | None
     checked_at: datetime | None
     failure: DomainFailure | None

@@ -15,6 +15,7 @@ from services.dns.consumer import DnsJobHandler
 from services.dns.domains import DomainPurchases, check_brought_domains_forever
 from services.dns.local_cdn import ensure_local_cdn_zone
 from services.dns.powerdns import PowerDnsClient
+from services.dns.renewals import renew_forever
 from services.dns.settings import DnsSettings
 from services.dns.sweep import sweep_forever
 from shared import broker
@@ -74,9 +75,15 @@ async def main() -> None:
                 settings=settings,
                 purchases=purchases,
             )
-            checker = asyncio.create_task(
-                check_brought_domains_forever(sessionmaker, publisher, settings)
-            )
+            domain_loops = [
+                asyncio.create_task(
+                    check_brought_domains_forever(sessionmaker, publisher, settings)
+                )
+            ]
+            if settings.domain_renew_interval > 0:
+                domain_loops.append(
+                    asyncio.create_task(renew_forever(sessionmaker, registrar, publisher, settings))
+                )
             consumer = Consumer(broker.DNS_JOBS, handler, publisher, settings.retry_delays)
             sweeper = (
                 asyncio.create_task(
@@ -92,7 +99,8 @@ async def main() -> None:
             )
             if sweeper is not None:
                 sweeper.cancel()
-            checker.cancel()
+            for loop in domain_loops:
+                loop.cancel()
     finally:
         await engine.dispose()
 

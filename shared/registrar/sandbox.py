@@ -85,6 +85,7 @@ class SandboxRegistrar:
                     price=availability.price.amount,
                     nameservers=[],
                     contact=contact,
+                    renewals=[],
                     expires_at=self.clock() + timedelta(days=365 * years),
                 )
                 .on_conflict_do_nothing()
@@ -120,8 +121,10 @@ class SandboxRegistrar:
             )
             if row is None:
                 raise NotFound(f"{domain} is not registered here", code="registration_not_found")
-            row.expires_at = row.expires_at + timedelta(days=365 * years)
-            row.years += years
+            if order_id not in (row.renewals or []):
+                row.expires_at = row.expires_at + timedelta(days=365 * years)
+                row.years += years
+                row.renewals = [*(row.renewals or []), order_id]
             registration = _registration(row)
         return registration
 

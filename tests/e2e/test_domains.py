@@ -6,11 +6,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import update
 
+from shared.db import create_engine, create_sessionmaker
+from shared.models import RegistrarOrder
+from shared.timeutil import utcnow
 from tests.e2e.helpers import landing_params, query, wait_deployment
 from tests.fixtures.platform import Platform, PlatformFactory, wait_until
 
@@ -31,6 +36,7 @@ async def enforcing(platforms: PlatformFactory) -> Platform:
             "SITEFLEET_DOMAIN_OWNERSHIP": "enforce",
             "SITEFLEET_REGISTRAR": "sandbox",
             "SITEFLEET_DOMAIN_CHECK_INTERVAL": "1",
+            "SITEFLEET_DOMAIN_RENEW_INTERVAL": "1",
             **FAST_ALERTS,
         },
     )
@@ -316,3 +322,54 @@ async def test_a_repeated_purchase_request_buys_once(api: httpx.AsyncClient) -> 
     assert second.headers.get("Idempotent-Replayed") == "true"
     await wait_domain(api, name, "active")
     assert [d["name"] for d in (await api.get("/v1/domains")).json()["items"]] == [name]
+
+
+async def test_an_expired_domain_takes_its_sites_dns_down(
+    api: httpx.AsyncClient, enforcing: Platform
+) -> None:
+    name = unique("lapsing")
+    assert (await api.post("/v1/domains", json={"name": name, "years": 1})).status_code == 202
+    await wait_domain(api, name, "active")
+    site = await create_site(api, name)
+    await wait_dns_verified(api, site["id"])
+    off = await api.patch(f"/v1/domains/{name}", json={"auto_renew": False})
+    assert off.status_code == 200 and off.json()["auto_renew"] is False
+
+    # A year goes by: the registration's expiry (as the registrar told the DNS service) passes.
+    engine = create_engine(enforcing.database_url, application_name="tests", pool_size=1)
+    try:
+        async with create_sessionmaker(engine).begin() as session:
+            await session.execute(
+                update(RegistrarOrder)
+                .where(RegistrarOrder.name == name)
+                .values(expires_at=utcnow() - timedelta(minutes=1))
+            )
+    finally:
+        await engine.dispose()
+
+    await wait_domain(api, name, "expired")
+
+    async def records_gone() -> bool:
+        return await dns_records(api, site["id"]) == []
+
+    await wait_until(records_gone, timeout=60, what="the site's DNS records removed")
+    assert (await query(enforcing.dns_port, f"proxy.{name}", "A"))[1] == []
+    assert (await api.get(f"/v1/sites/{site['id']}")).status_code == 200  # the site stays
+
+    async def alerted() -> list[dict[str, Any]]:
+        return [
+            r["body"]
+            for r in enforcing.webhook.received
+            if r["body"].get("error", {}).get("code") == "domain_expired"
+            and name in r["body"].get("summary", "")
+        ]
+
+    await wait_until(alerted, timeout=30, what="the domain_expired alert")
+
+
+async def test_a_brought_domain_cannot_be_auto_renewed(api: httpx.AsyncClient) -> None:
+    name = unique("mine")
+    await api.post("/v1/domains", json={"name": name, "bring_your_own": True})
+    refused = await api.patch(f"/v1/domains/{name}", json={"auto_renew": True})
+    assert refused.status_code == 422
+    assert refused.json()["error"]["code"] == "not_renewable"

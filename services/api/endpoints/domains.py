@@ -19,7 +19,14 @@ from services.api.deps import (
     StateDep,
 )
 from services.api.pagination import page_of, paginate
-from services.api.schemas import DomainCheckRead, DomainCreate, DomainRead, ErrorResponse, Page
+from services.api.schemas import (
+    DomainCheckRead,
+    DomainCreate,
+    DomainRead,
+    DomainUpdate,
+    ErrorResponse,
+    Page,
+)
 from shared.models import Domain
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -83,6 +90,15 @@ async def get_domain(
     name: str, principal: PrincipalDep, session: SessionDep, state: StateDep
 ) -> DomainRead:
     return domains.domain_read(await domains.get_domain(session, principal, name), state.settings)
+
+
+@router.patch("/{name}")
+async def update_domain(
+    name: str, body: DomainUpdate, principal: PrincipalDep, session: SessionDep, state: StateDep
+) -> DomainRead:
+    """Turn auto-renewal of a bought domain on or off (an addition to API.md)."""
+    domain = await domains.update_domain(session, principal, name, body)
+    return domains.domain_read(domain, state.settings)
 
 
 @router.post("/{name}/verify")
