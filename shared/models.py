@@ -334,14 +334,25 @@ class SiteHost(Base):
 
 class Domain(Base):
     """Writer: api (what a tenant asked for, and the status it learns from the DNS service's
-    ``domain.*`` events). A name belongs to one tenant at most; ``skeleton`` is the name with
-    look-alike characters folded (``shared.domains.domain_skeleton``) so a homograph of a
-    customer's domain is refused."""
+    ``domain.*`` events). A name is *claimed* (``registering`` or ``active``) by one tenant
+    at most; several tenants may wait to verify the same brought name (an unproven claim
+    must not lock the real owner out), and the first to prove it wins. ``skeleton`` is the
+    name with look-alike characters folded (``shared.domains.domain_skeleton``) so a
+    homograph of a customer's domain is refused."""
 
     __tablename__ = "domains"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "name"),
+        Index(
+            "domains_claimed_name",
+            "name",
+            unique=True,
+            postgresql_where="status IN ('registering', 'active')",
+        ),
+    )
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
-    name: Mapped[str] = mapped_column(String(253), unique=True)
+    name: Mapped[str] = mapped_column(String(253), index=True)
     skeleton: Mapped[str] = mapped_column(String(253), index=True)
     # registering | pending_verification | active | failed | expired
     status: Mapped[str] = mapped_column(String(32))

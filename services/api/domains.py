@@ -42,6 +42,8 @@ from shared.timeutil import utcnow
 
 # One message for every "someone else has it" case, so a 409 tells nothing about who.
 UNAVAILABLE = "{name} is not available"
+# A claimed name is another tenant's; several unproven (pending) claims may coexist.
+CLAIMED = ("registering", "active")
 
 
 def domain_read(domain: Domain, settings: DomainSettings) -> DomainRead:
@@ -109,7 +111,13 @@ async def get_domain(
         name = normalize_domain(raw, field="name")
     except Invalid:
         name = raw  # a name that cannot exist is simply not found
-    query = visible_domains(principal).where(Domain.name == name)
+    # An ops token sees every tenant's rows: the claimed one first.
+    query = (
+        visible_domains(principal)
+        .where(Domain.name == name)
+        .order_by(Domain.status.in_(CLAIMED).desc(), Domain.id)
+        .limit(1)
+    )
     if for_update:
         query = query.with_for_update()
     domain = await session.scalar(query)
@@ -121,13 +129,15 @@ async def get_domain(
 async def refuse_foreign_claim(
     session: AsyncSession, tenant_id: str, name: str, *, sites: bool = True
 ) -> None:
-    """409 when ``name``, a domain it is under, or a name under it belongs to another
-    tenant (as a domain, or as a site when ``sites``), or when it is a homograph of another
-    tenant's domain. The message never says whose."""
+    """409 when ``name``, a domain it is under, or a name under it is claimed by another
+    tenant (a domain being bought or active, or a site when ``sites``), or when it is a
+    homograph of another tenant's claimed domain. Unproven claims (``pending_verification``)
+    block nobody. The message never says whose."""
     related = enclosing_names(name)
     foreign_domain = await session.scalar(
         select(Domain.id).where(
             Domain.tenant_id != tenant_id,
+            Domain.status.in_(CLAIMED),
             or_(Domain.name.in_(related), Domain.name.like(f"%.{_escape_like(name)}")),
         )
     )
@@ -142,6 +152,7 @@ async def refuse_foreign_claim(
     look_alike = await session.scalar(
         select(Domain.id).where(
             Domain.tenant_id != tenant_id,
+            Domain.status.in_(CLAIMED),
             Domain.skeleton == domain_skeleton(name),
             Domain.name != name,
         )
@@ -167,11 +178,12 @@ async def add_domain(
     mine = await session.scalar(
         select(Domain).where(Domain.name == name, Domain.tenant_id == principal.tenant_id)
     )
-    if mine is not None:
+    if mine is not None and mine.status not in ("failed", "expired"):
         raise Conflict(f"{name} is already one of your domains", code="domain_exists")
     await refuse_foreign_claim(session, principal.tenant_id, name)
-    if await session.scalar(select(Domain.id).where(Domain.name == name)):
-        raise Conflict(UNAVAILABLE.format(name=name), code="domain_unavailable")
+    if mine is not None:  # a failed purchase or a lapsed domain: start a new order
+        await session.delete(mine)
+        await session.flush()
     if not req.bring_your_own:
         availability = await registrar.check(name)
         if not availability.available:
@@ -236,7 +248,12 @@ async def verify_domain(
     )
     domain.checked_at = utcnow()
     domain.delegated = result.delegated
-    if result.verified:
+    if result.verified and await claimed_by_other(session, domain):
+        domain.failure = {
+            "code": "domain_unavailable",
+            "message": UNAVAILABLE.format(name=domain.name),
+        }
+    elif result.verified:
         await activate(session, domain)
         domain.failure = (
             None if result.problem is None else {"code": "not_delegated", "message": result.problem}
@@ -245,6 +262,20 @@ async def verify_domain(
         domain.failure = {"code": "verification_failed", "message": result.problem or ""}
     domain.updated_at = utcnow()
     return domain
+
+
+async def claimed_by_other(session: AsyncSession, domain: Domain) -> bool:
+    """Whether another tenant proved or bought this name first."""
+    found = await session.scalar(
+        select(Domain.id)
+        .where(
+            Domain.name == domain.name,
+            Domain.tenant_id != domain.tenant_id,
+            Domain.status.in_(CLAIMED),
+        )
+        .with_for_update()
+    )
+    return found is not None
 
 
 async def activate(session: AsyncSession, domain: Domain) -> None:
@@ -314,7 +345,13 @@ async def apply_domain_event(session: AsyncSession, event: DomainEvent) -> None:
         domain.checked_at = event.checked_at
         domain.delegated = event.delegated
         if domain.status == "pending_verification":
-            await activate(session, domain)
+            if await claimed_by_other(session, domain):
+                domain.failure = {
+                    "code": "domain_unavailable",
+                    "message": UNAVAILABLE.format(name=domain.name),
+                }
+            else:
+                await activate(session, domain)
     elif domain.status == "registering":  # failed or parked: only a purchase can fail
         domain.status = "failed"
         domain.failure = {"code": event.error.code, "message": event.error.message}

@@ -122,17 +122,20 @@ async def test_buy_a_domain_and_put_a_live_site_on_it(
     assert page.status_code == 200 and deployment["id"] in page.text
 
 
-async def publish_challenge(platform: Platform, name: str, txt_value: str) -> None:
-    """What the customer does at their DNS host: the challenge TXT record, and the
+async def publish_challenge(
+    platform: Platform, name: str, txt_value: str, *more: str, new_zone: bool = True
+) -> None:
+    """What the customer does at their DNS host: the challenge TXT record(s), and the
     delegation to our nameservers (here both live in the test PowerDNS)."""
     async with httpx.AsyncClient(
         base_url=f"{platform.pdns_api_url}/api/v1/servers/localhost",
         headers={"X-API-Key": platform.pdns_api_key},
     ) as pdns:
-        created = await pdns.post(
-            "/zones", json={"name": f"{name}.", "kind": "Native", "nameservers": NAMESERVERS}
-        )
-        assert created.status_code == 201, created.text
+        if new_zone:
+            created = await pdns.post(
+                "/zones", json={"name": f"{name}.", "kind": "Native", "nameservers": NAMESERVERS}
+            )
+            assert created.status_code == 201, created.text
         patched = await pdns.patch(
             f"/zones/{name}.",
             json={
@@ -142,7 +145,10 @@ async def publish_challenge(platform: Platform, name: str, txt_value: str) -> No
                         "type": "TXT",
                         "ttl": 60,
                         "changetype": "REPLACE",
-                        "records": [{"content": f'"{txt_value}"', "disabled": False}],
+                        "records": [
+                            {"content": f'"{value}"', "disabled": False}
+                            for value in (txt_value, *more)
+                        ],
                     }
                 ]
             },
@@ -233,37 +239,79 @@ async def test_only_a_registrable_domain_can_be_bought(api: httpx.AsyncClient) -
 
 async def test_another_tenants_domain_cannot_be_claimed(enforcing: Platform) -> None:
     owner_token, other_token = await enforcing.new_tenant(), await enforcing.new_tenant()
-    name = f"orchard-{uuid.uuid4().hex[:8]}"
+    name = unique("orchard")
     async with enforcing.client(owner_token) as owner, enforcing.client(other_token) as other:
-        mine = await owner.post(
-            "/v1/domains", json={"name": f"{name}.test", "bring_your_own": True}
-        )
-        assert mine.status_code == 201, mine.text
+        mine = await owner.post("/v1/domains", json={"name": name, "years": 1})
+        assert mine.status_code == 202, mine.text
+        await wait_domain(owner, name, "active")
         owner_tenant = (await owner.get("/v1/me")).json()["tenant"]
 
         for body in (
-            {"name": f"{name}.test", "bring_your_own": True},
-            {"name": f"{name}.test", "years": 1},
-            {"name": f"shop.{name}.test", "bring_your_own": True},
+            {"name": name, "bring_your_own": True},
+            {"name": name, "years": 1},
+            {"name": f"shop.{name}", "bring_your_own": True},
         ):
             taken = await other.post("/v1/domains", json=body)
             assert taken.status_code == 409, taken.text
             assert taken.json()["error"]["code"] == "domain_unavailable"
             for secret in (owner_tenant["id"], owner_tenant["name"]):
                 assert secret not in taken.text  # nothing about who has it
-        assert (await other.get(f"/v1/domains/{name}.test")).status_code == 404
-        assert (await other.post(f"/v1/domains/{name}.test/verify")).status_code == 404
-        site = await other.post(
-            "/v1/sites",
-            json={"domain": f"{name}.test", "template": "landing", "params": landing_params("x")},
-        )
-        assert site.status_code == 409, site.text
-        assert owner_tenant["id"] not in site.text
+        assert (await other.get(f"/v1/domains/{name}")).status_code == 404
+        assert (await other.post(f"/v1/domains/{name}/verify")).status_code == 404
+        for domain in (name, f"blog.{name}"):
+            site = await other.post(
+                "/v1/sites",
+                json={"domain": domain, "template": "landing", "params": landing_params("x")},
+            )
+            assert site.status_code == 409, site.text
+            assert owner_tenant["id"] not in site.text
         # The owner adding it again is told it is already theirs.
-        again = await owner.post(
-            "/v1/domains", json={"name": f"{name}.test", "bring_your_own": True}
-        )
+        again = await owner.post("/v1/domains", json={"name": name, "bring_your_own": True})
         assert again.status_code == 409 and again.json()["error"]["code"] == "domain_exists"
+
+
+async def test_an_unproven_claim_does_not_lock_out_the_owner(enforcing: Platform) -> None:
+    """Someone claims a domain they cannot prove; its real owner still brings, proves and
+    uses it, and the squatter's claim can then never pass."""
+    name = unique("squatted")
+    async with (
+        enforcing.client(await enforcing.new_tenant()) as squatter,
+        enforcing.client(await enforcing.new_tenant()) as owner,
+    ):
+        squat = await squatter.post("/v1/domains", json={"name": name, "bring_your_own": True})
+        assert squat.status_code == 201, squat.text
+        real = await owner.post("/v1/domains", json={"name": name, "bring_your_own": True})
+        assert real.status_code == 201, real.text
+        assert real.json()["verification"]["txt_value"] != squat.json()["verification"]["txt_value"]
+        site = await create_site(owner, name)
+
+        await publish_challenge(enforcing, name, real.json()["verification"]["txt_value"])
+        proved = await owner.post(f"/v1/domains/{name}/verify")
+        assert proved.json()["status"] == "active", proved.text
+        await wait_dns_verified(owner, site["id"])
+
+        refused = await squatter.post(f"/v1/domains/{name}/verify")
+        assert refused.status_code == 200
+        assert refused.json()["status"] == "pending_verification"
+        assert refused.json()["failure"]["code"] == "verification_failed"
+        # Even a record for the second claim (say, the domain changed hands) cannot take
+        # it from the tenant who proved it first.
+        await publish_challenge(
+            enforcing,
+            name,
+            real.json()["verification"]["txt_value"],
+            squat.json()["verification"]["txt_value"],
+            new_zone=False,
+        )
+        late = await squatter.post(f"/v1/domains/{name}/verify")
+        assert late.json()["status"] == "pending_verification"
+        assert late.json()["failure"]["code"] == "domain_unavailable"
+        assert (await owner.get(f"/v1/domains/{name}")).json()["status"] == "active"
+        squat_site = await squatter.post(
+            "/v1/sites",
+            json={"domain": f"www2.{name}", "template": "landing", "params": landing_params("x")},
+        )
+        assert squat_site.status_code == 409, squat_site.text
 
 
 async def test_a_homograph_of_a_customers_domain_is_refused(enforcing: Platform) -> None:
@@ -271,8 +319,8 @@ async def test_a_homograph_of_a_customers_domain_is_refused(enforcing: Platform)
         enforcing.client(await enforcing.new_tenant()) as owner,
         enforcing.client(await enforcing.new_tenant()) as other,
     ):
-        latin = await owner.post("/v1/domains", json={"name": "apple.test", "bring_your_own": True})
-        assert latin.status_code == 201, latin.text
+        latin = await owner.post("/v1/domains", json={"name": "apple.test", "years": 1})
+        assert latin.status_code == 202, latin.text
         # Every letter Cyrillic (so no mixed-script label): "аррӏе" looks like "apple".
         cyrillic = await other.post(
             "/v1/domains", json={"name": "аррӏе.test", "bring_your_own": True}

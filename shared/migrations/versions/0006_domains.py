@@ -42,9 +42,17 @@ def upgrade() -> None:
         _now("updated_at"),
         sa.ForeignKeyConstraint(["tenant_id"], ["tenants.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("name"),
+        sa.UniqueConstraint("tenant_id", "name"),
     )
     op.create_index(op.f("ix_domains_tenant_id"), "domains", ["tenant_id"], unique=False)
+    op.create_index(op.f("ix_domains_name"), "domains", ["name"], unique=False)
+    op.create_index(
+        "domains_claimed_name",
+        "domains",
+        ["name"],
+        unique=True,
+        postgresql_where=sa.text("status IN ('registering', 'active')"),
+    )
     op.create_index(op.f("ix_domains_skeleton"), "domains", ["skeleton"], unique=False)
     op.create_table(
         "registrar_orders",
@@ -88,6 +96,8 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_registrar_orders_name"), table_name="registrar_orders")
     op.drop_index(op.f("ix_registrar_orders_tenant_id"), table_name="registrar_orders")
     op.drop_table("registrar_orders")
+    op.drop_index("domains_claimed_name", table_name="domains")
+    op.drop_index(op.f("ix_domains_name"), table_name="domains")
     op.drop_index(op.f("ix_domains_skeleton"), table_name="domains")
     op.drop_index(op.f("ix_domains_tenant_id"), table_name="domains")
     op.drop_table("domains")
