@@ -359,6 +359,13 @@ async def test_a_registrar_refusal_fails_the_domain_and_alerts(
     [alert] = await wait_until(alerted, timeout=30, what="the domain.failed alert")
     assert alert["error"]["code"] == "registrar_rejected"
 
+    async def listed() -> list[dict[str, Any]]:  # the tenant sees it in its alerts too
+        items: list[dict[str, Any]] = (await api.get("/v1/alerts")).json()["items"]
+        return [a for a in items if name in a["summary"]]
+
+    [group] = await wait_until(listed, timeout=30, what="the tenant's alert group")
+    assert group["status"] == "firing" and group["count"] == 1
+
 
 async def test_a_repeated_purchase_request_buys_once(api: httpx.AsyncClient) -> None:
     name = unique("once")
