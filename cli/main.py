@@ -29,6 +29,7 @@ broker_app = typer.Typer(no_args_is_help=True, help="The RabbitMQ topology.")
 templates_app = typer.Typer(no_args_is_help=True, help="Template packs: validate and list.")
 host_app = typer.Typer(no_args_is_help=True, help="Web hosts: bootstrap, add, list, remove.")
 sites_app = typer.Typer(no_args_is_help=True, help="Sites in bulk.")
+domain_app = typer.Typer(no_args_is_help=True, help="Domains: list, check at the registrar.")
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(token_app, name="token")
 app.add_typer(db_app, name="db")
@@ -39,6 +40,7 @@ app.add_typer(broker_app, name="broker")
 app.add_typer(templates_app, name="templates")
 app.add_typer(host_app, name="host")
 app.add_typer(sites_app, name="sites")
+app.add_typer(domain_app, name="domain")
 
 T = TypeVar("T")
 
@@ -481,6 +483,38 @@ def host_remove(name: Annotated[str, typer.Argument(help="the host's name")]) ->
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"host {name} removed")
+
+
+@domain_app.command("list")
+def domain_list(
+    tenant: Annotated[str | None, typer.Option(help="only this tenant's (by name)")] = None,
+) -> None:
+    """Every tenant's domains: status, registrar, purchase order (status x attempts),
+    expiry and why the last registration or verification failed."""
+    from cli.domains import list_domains
+    from services.dns.settings import DnsSettings
+
+    for line in asyncio.run(list_domains(DnsSettings(), tenant)):
+        failure = f"  failure: {line.failure}" if line.failure else ""
+        typer.echo(
+            f"{line.name}  tenant={line.tenant}  {line.status}  registrar={line.registrar}  "
+            f"order={line.order}  expires={line.expires_at}{failure}"
+        )
+
+
+@domain_app.command("check")
+def domain_check(name: Annotated[str, typer.Argument(help="a domain name")]) -> None:
+    """Ask the configured registrar whether NAME is available and at what price (JSON)."""
+    import json
+
+    from cli.domains import check_name
+    from services.dns.settings import DnsSettings
+
+    try:
+        typer.echo(json.dumps(asyncio.run(check_name(DnsSettings(), name)), indent=2))
+    except SitefleetError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from None
 
 
 @app.command("status")

@@ -4,8 +4,8 @@ Topology (declared idempotently by every process at start, so nothing published 
 consumer starts is unroutable):
 
     sitefleet.jobs   (topic)  --deployment.*, site.*-->  deployer.jobs
-                              --dns.*-->                 dns.jobs
-    sitefleet.events (topic)  --deployment.*, site.*, dns.*, rollout.*-->   api.events
+                              --dns.*, domain.*-->       dns.jobs
+    sitefleet.events (topic)  --deployment.*, site.*, dns.*, domain.*, rollout.*-->  api.events
                               --*.failed, *.parked, *.succeeded, dns.drift,
                                 dns.halted, rollout.halted-->              notifier.events
                               --deployment.succeeded-->                    dns.events
@@ -60,9 +60,9 @@ class QueueSpec:
 
 
 DEPLOYER_JOBS = QueueSpec("deployer.jobs", JOBS_EXCHANGE, ("deployment.*", "site.*"))
-DNS_JOBS = QueueSpec("dns.jobs", JOBS_EXCHANGE, ("dns.*",))
+DNS_JOBS = QueueSpec("dns.jobs", JOBS_EXCHANGE, ("dns.*", "domain.*"))
 API_EVENTS = QueueSpec(
-    "api.events", EVENTS_EXCHANGE, ("deployment.*", "site.*", "dns.*", "rollout.*")
+    "api.events", EVENTS_EXCHANGE, ("deployment.*", "site.*", "dns.*", "domain.*", "rollout.*")
 )
 NOTIFIER_EVENTS = QueueSpec(
     "notifier.events",

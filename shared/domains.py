@@ -77,3 +77,33 @@ def _public_suffixes() -> PublicSuffixList:
 def domain_slug(domain: str) -> str:
     """A DNS-label-safe name for per-site CDN hostnames (``www-example-com``)."""
     return domain.replace(".", "-")[:63].strip("-")
+
+
+# Latin characters that read as one another in most fonts, folded after the script mapping.
+_LATIN_FOLD = str.maketrans({"1": "l", "i": "l", "0": "o"})
+
+
+def domain_skeleton(domain: str) -> str:
+    """The name as it looks: each character replaced by its Latin look-alike (Unicode
+    confusables data), then ``i``/``1``/``l`` and ``0``/``o`` folded. Two names with one
+    skeleton are homographs (``аррӏе.com`` in Cyrillic and ``apple.com``)."""
+    try:
+        text = idna.decode(domain)
+    except idna.IDNAError:
+        text = domain
+    out = []
+    for char in text.lower():
+        if char.isascii():
+            out.append(char)
+            continue
+        found = confusables.is_confusable(char, greedy=True, preferred_aliases=["latin"])
+        latin = [h["c"] for f in found or [] for h in f["homoglyphs"] if h["c"].isascii()]
+        out.append(latin[0].lower() if latin else char)
+    return "".join(out).translate(_LATIN_FOLD)
+
+
+def registrable_domain(domain: str) -> str | None:
+    """The part of ``domain`` one label under its public suffix (``www.example.co.uk`` ->
+    ``example.co.uk``); None for a public suffix itself."""
+    found = _public_suffixes().privatesuffix(domain)
+    return str(found) if found else None

@@ -90,6 +90,18 @@ class DnsRemovalRequested(Message):
     domain: str
 
 
+class DomainRegisterRequested(Message):
+    """Buy ``domain`` at the configured registrar; ``domain_id`` is the order id (idempotency
+    key): however often this job runs, the domain is bought at most once."""
+
+    TYPE: ClassVar[str] = "domain.register_requested"
+
+    domain_id: str
+    tenant_id: str
+    domain: str
+    years: int
+
+
 # --- events -----------------------------------------------------------------------------
 
 DeploymentStatus = Literal[
@@ -259,6 +271,67 @@ class RolloutCompleted(RolloutFinished):
     TYPE: ClassVar[str] = "rollout.completed"
 
 
+class DomainRegistered(Message):
+    """Bought and delegated to our nameservers: the domain is ``active``."""
+
+    TYPE: ClassVar[str] = "domain.registered"
+
+    domain_id: str
+    tenant_id: str
+    domain: str
+    registrar: str
+    expires_at: datetime | None = None
+
+
+class DomainVerified(Message):
+    """A brought domain's challenge TXT record was found (by the DNS service's checker)."""
+
+    TYPE: ClassVar[str] = "domain.verified"
+
+    domain_id: str
+    tenant_id: str
+    domain: str
+    delegated: bool
+    checked_at: datetime = Field(default_factory=utcnow)
+
+
+class DomainRenewed(Message):
+    """Renewed at the registrar (the daily renewal pass); ``expires_at`` is the new expiry."""
+
+    TYPE: ClassVar[str] = "domain.renewed"
+
+    domain_id: str
+    tenant_id: str
+    domain: str
+    expires_at: datetime | None = None
+
+
+class DomainExpired(Message):
+    """The registration lapsed: the API marks the domain ``expired`` and takes the DNS of
+    the tenant's sites on it down."""
+
+    TYPE: ClassVar[str] = "domain.expired"
+
+    domain_id: str
+    tenant_id: str
+    domain: str
+
+
+class DomainFailed(Message):
+    """A registration failed for good, a renewal failed, or the domain is about to expire
+    or has expired (``error.code``); an alert for the notifier (``*.failed``)."""
+
+    TYPE: ClassVar[str] = "domain.failed"
+
+    domain_id: str
+    tenant_id: str
+    domain: str
+    registrar: str
+    error: ErrorInfo
+    # The notifier groups alerts per site; a domain has none.
+    site_id: str | None = None
+
+
 class JobParked(Message):
     """A job gave up (retries exhausted or a permanent error); ``TYPE`` is set per job."""
 
@@ -293,6 +366,12 @@ PAYLOADS: dict[str, type[Message]] = {
         DnsRunHalted,
         RolloutHalted,
         RolloutCompleted,
+        DomainRegisterRequested,
+        DomainRegistered,
+        DomainVerified,
+        DomainRenewed,
+        DomainExpired,
+        DomainFailed,
     )
 }
 

@@ -393,3 +393,91 @@ class RolloutSite(Base):
     restore_deployment_id: Mapped[str | None] = mapped_column(String(64))
     reason: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = _now()
+
+
+# --- domains ----------------------------------------------------------------------------
+
+
+class Domain(Base):
+    """Writer: api (what a tenant asked for, and the status it learns from the DNS service's
+    ``domain.*`` events). A name is *claimed* (``registering`` or ``active``) by one tenant
+    at most; several tenants may wait to verify the same brought name (an unproven claim
+    must not lock the real owner out), and the first to prove it wins. ``skeleton`` is the
+    name with look-alike characters folded (``shared.domains.domain_skeleton``) so a
+    homograph of a customer's domain is refused."""
+
+    __tablename__ = "domains"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "name"),
+        Index(
+            "domains_claimed_name",
+            "name",
+            unique=True,
+            postgresql_where="status IN ('registering', 'active')",
+        ),
+    )
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(253), index=True)
+    skeleton: Mapped[str] = mapped_column(String(253), index=True)
+    # registering | pending_verification | active | failed | expired
+    status: Mapped[str] = mapped_column(String(32))
+    bring_your_own: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The registrar that sold it (``sandbox``, ``namecom``); NULL for a brought domain.
+    registrar: Mapped[str | None] = mapped_column(String(32))
+    years: Mapped[int | None] = mapped_column(Integer)
+    # A bought domain is renewed before it expires unless the tenant turned this off.
+    auto_renew: Mapped[bool] = mapped_column(Boolean, default=True)
+    # The secret a brought domain publishes at ``_sitefleet-challenge.<name>`` (TXT).
+    txt_value: Mapped[str] = mapped_column(String(128))
+    # Whether the last check saw the NS delegation point at our nameservers.
+    delegated: Mapped[bool | None] = mapped_column(Boolean)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    verified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    checked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Why the registration or the last verification failed: {"code", "message"}.
+    failure: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+
+
+class RegistrarOrder(Base):
+    """Writer: dns. One purchase of a domain at a registrar, keyed by the API's domain id
+    (the order id sent as the registrar's idempotency key). ``status`` only moves forward:
+    ``new -> submitted -> registered -> active`` or ``failed``; a job retried after
+    ``submitted`` asks the registrar whether the domain is already ours before buying."""
+
+    __tablename__ = "registrar_orders"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str] = mapped_column(String(253), index=True)
+    registrar: Mapped[str] = mapped_column(String(32))
+    years: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="new")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    registrar_order_id: Mapped[str | None] = mapped_column(String(128))
+    # The registration's expiry as the registrar last told us (renewals move it).
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The smallest "days before expiry" warning already sent for this expiry date, so each
+    # warning goes out once; reset by a renewal.
+    warned_days: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+
+
+class SandboxRegistration(Base):
+    """Writer: dns (the ``sandbox`` registrar, ``shared/registrar/sandbox.py``). The sandbox
+    registrar's own books: the domains it has "sold", as a real registrar would keep them."""
+
+    __tablename__ = "sandbox_registrations"
+    name: Mapped[str] = mapped_column(String(253), primary_key=True)
+    order_id: Mapped[str] = mapped_column(String(64), unique=True)
+    years: Mapped[int] = mapped_column(Integer)
+    price: Mapped[str] = mapped_column(String(16))
+    nameservers: Mapped[list[Any]] = mapped_column(JSONB, default=list)
+    contact: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    # Renewal order ids already applied (a renewal retried with its id renews once).
+    renewals: Mapped[list[Any]] = mapped_column(JSONB, default=list)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _now()

@@ -8,8 +8,9 @@ at import time.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -59,3 +60,55 @@ class EdgeSettings(BaseSettings):
 
     cdn_edge_pattern: str = "{slug}.edge.cdn.sitefleet.test"
     cdn_media_pattern: str = "{slug}.media.cdn.sitefleet.test"
+
+
+class DomainSettings(BaseSettings):
+    """Domains: the registrar we sell them through, how brought domains are verified, and
+    whether a site's DNS waits for its domain to be proven ours (API and DNS service)."""
+
+    model_config = SettingsConfigDict(env_prefix="SITEFLEET_", extra="ignore")
+
+    # enforce: a site's records are published only once its domain is active for the
+    # site's tenant (bought here, or brought and verified). off: publish every site's
+    # records (a single-tenant install; the test suite's older tests).
+    domain_ownership: Literal["enforce", "off"] = "enforce"
+    # sandbox (a test-mode registrar that sells nothing for real) | namecom (Name.com).
+    registrar: Literal["sandbox", "namecom"] = "sandbox"
+    # The sandbox's price list: TLD -> price of one year; other TLDs are not sold.
+    sandbox_prices: dict[str, str] = Field(
+        default_factory=lambda: {
+            "com": "12.00",
+            "net": "14.00",
+            "org": "13.00",
+            "io": "39.00",
+            "test": "1.00",
+            "example": "1.00",
+        }
+    )
+    registrar_currency: str = "USD"
+    # Name.com CORE API; the sandbox environment is https://api.dev.name.com with the
+    # username suffixed "-test" and the sandbox token.
+    namecom_api_url: str = "https://api.dev.name.com"
+    namecom_username: str = ""
+    namecom_token: SecretStr = SecretStr("")
+    # Seconds per registrar call (connect, read, write, pool).
+    registrar_timeout: float = 30.0
+    # The registrant contact sent with each purchase (Name.com contact fields); empty:
+    # the registrar account's default contacts.
+    registrar_contact: dict[str, str] = Field(default_factory=dict)
+    # The nameservers a domain is delegated to (ours); brought domains are told to use them.
+    nameservers: list[str] = Field(
+        default_factory=lambda: ["ns1.sitefleet.test.", "ns2.sitefleet.test."]
+    )
+    # "host:port" of the resolver that brought domains are checked against; empty: the
+    # system resolver (/etc/resolv.conf).
+    domain_resolver: str = ""
+    # Seconds between the DNS service's checks of brought domains waiting for verification.
+    domain_check_interval: float = 60.0
+    # Seconds between renewal passes over bought domains (renew, warn, expire); 0 = off.
+    domain_renew_interval: float = 86400.0
+    # Auto-renew this many days before expiry.
+    domain_renew_before_days: int = 30
+    # Warn (a domain.failed alert, code domain_expiring) this many days before expiry when
+    # the domain is not renewed.
+    domain_warn_days: list[int] = Field(default_factory=lambda: [30, 7])

@@ -1,8 +1,10 @@
 """``make run``: the whole platform on this machine, with a demo site.
 
 Starts a private nginx and PowerDNS (state under var/), migrates the database, runs the four
-services, creates the demo tenant and site through the public API, prints how to look at
-it, and stops everything it started on Ctrl-C.
+services, creates the demo tenant, brings and verifies the demo domain and creates the demo
+site through the public API, prints how to look at it, and stops everything it started on
+Ctrl-C. Domain ownership is enforced as in production: the runner plays the demo domain's
+DNS host, publishing the challenge TXT record in the local PowerDNS.
 """
 
 from __future__ import annotations
@@ -120,6 +122,56 @@ def _enable_broker_plugins() -> None:
         console.print(f"[yellow]could not enable the RabbitMQ management plugin: {exc}[/]")
 
 
+def _demo_domain(api: str, token: str, pdns_api: str, pdns_key: str) -> None:
+    """Bring the demo domain and prove we own it, the way a customer would: publish the
+    challenge TXT record at the domain's DNS host (here: the local PowerDNS), then verify."""
+    headers = {"Authorization": f"Bearer {token}"}
+    found = httpx.get(f"{api}/v1/domains/{DEMO_DOMAIN}", headers=headers)
+    if found.status_code == 404:
+        found = httpx.post(
+            f"{api}/v1/domains",
+            headers=headers,
+            json={"name": DEMO_DOMAIN, "bring_your_own": True},
+        )
+    found.raise_for_status()
+    domain = found.json()
+    if domain["status"] == "active":
+        return
+    challenge = domain["verification"]
+    zones = f"{pdns_api}/api/v1/servers/localhost/zones"
+    pdns = {"X-API-Key": pdns_key}
+    zone = httpx.post(
+        zones,
+        headers=pdns,
+        json={
+            "name": f"{DEMO_DOMAIN}.",
+            "kind": "Native",
+            "nameservers": challenge["nameservers"],
+        },
+    )
+    if zone.status_code != 409:  # already there from an earlier run
+        zone.raise_for_status()
+    httpx.patch(
+        f"{zones}/{DEMO_DOMAIN}.",
+        headers=pdns,
+        json={
+            "rrsets": [
+                {
+                    "name": f"{challenge['txt_name']}.",
+                    "type": "TXT",
+                    "ttl": 300,
+                    "changetype": "REPLACE",
+                    "records": [{"content": f'"{challenge["txt_value"]}"', "disabled": False}],
+                }
+            ]
+        },
+    ).raise_for_status()
+    verified = httpx.post(f"{api}/v1/domains/{DEMO_DOMAIN}/verify", headers=headers)
+    verified.raise_for_status()
+    if verified.json()["status"] != "active":
+        raise RuntimeError(f"the demo domain did not verify: {verified.json()['failure']}")
+
+
 def _demo_site(api: str, token: str) -> dict[str, object]:
     headers = {"Authorization": f"Bearer {token}"}
     sites = httpx.get(f"{api}/v1/sites", headers=headers, params={"limit": 500}).json()
@@ -209,6 +261,9 @@ def run() -> int:
             "SITEFLEET_PDNS_API_URL": f"http://127.0.0.1:{s.pdns_api_port}",
             "SITEFLEET_PDNS_API_KEY": s.pdns_api_key,
             "SITEFLEET_LOCAL_CDN_ZONE": CDN_ZONE,
+            # Brought domains are checked against the local PowerDNS (the demo domain's
+            # "DNS host"); a real install leaves this empty (the system resolver).
+            "SITEFLEET_DOMAIN_RESOLVER": f"127.0.0.1:{s.dns_port}",
         }
         services = {
             name: procs.start(
@@ -223,6 +278,7 @@ def run() -> int:
         api = f"http://127.0.0.1:{s.api_port}"
         _wait_ready(api, services)
         token = asyncio.run(_demo_token(s.database_url))
+        _demo_domain(api, token, f"http://127.0.0.1:{s.pdns_api_port}", s.pdns_api_key)
         site = _demo_site(api, token)
         dig = f"dig @127.0.0.1 -p {s.dns_port} +noall +answer"
         console.print(f"""
@@ -236,6 +292,7 @@ def run() -> int:
              {dig} www.{DEMO_DOMAIN} CNAME
              {dig} media.{DEMO_DOMAIN} CNAME
   try        curl -H 'Authorization: Bearer {token}' {api}/v1/sites
+             curl -H 'Authorization: Bearer {token}' {api}/v1/domains
   RabbitMQ   http://127.0.0.1:15672   (management UI, guest/guest)
   logs       {var}/log/
 

@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
+import httpx
 from fastapi import FastAPI
 from prometheus_client import make_asgi_app
 
@@ -17,6 +18,7 @@ from services.api.deployments import reap_stuck
 from services.api.deps import AppState
 from services.api.endpoints import (
     deployments,
+    domains,
     health,
     hooks,
     identity,
@@ -34,6 +36,7 @@ from services.api.rollout_driver import RolloutDriver
 from services.api.settings import ApiSettings
 from services.api.template_registry import register_catalog
 from shared.db import SessionMaker, create_engine, create_sessionmaker
+from shared.registrar import open_registrar
 from shared.template_packs import TemplateCatalog
 
 log = logging.getLogger(__name__)
@@ -74,7 +77,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             sessionmaker, catalog, relay, interval=settings.rollout_driver_interval
         )
         link = BrokerLink(settings, relay, EventRecorder(sessionmaker, on_outcome=driver.wake))
-        app.state.sitefleet = AppState(settings, sessionmaker, catalog, relay, link)
+        http = httpx.AsyncClient()
+        registrar = open_registrar(settings, sessionmaker=sessionmaker, http=http)
+        app.state.sitefleet = AppState(settings, sessionmaker, catalog, relay, link, registrar)
         tasks = [
             asyncio.create_task(relay.run()),
             asyncio.create_task(link.run()),
@@ -88,6 +93,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await http.aclose()
             await engine.dispose()
 
     app = FastAPI(
@@ -97,7 +103,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for module in (health, identity, templates, sites, deployments, hooks):
+    for module in (health, identity, templates, sites, deployments, hooks, domains):
         app.include_router(module.router)
     app.include_router(notifications.router)
     app.include_router(rollouts.router)

@@ -18,6 +18,7 @@ from services.api.outbox import Relay
 from services.api.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from services.api.settings import ApiSettings
 from shared.db import SessionMaker
+from shared.registrar import Registrar
 from shared.template_packs import TemplateCatalog
 
 
@@ -28,6 +29,8 @@ class AppState:
     catalog: TemplateCatalog
     relay: Relay
     link: BrokerLink
+    # Read-only use here (availability and price); purchases run in the DNS service.
+    registrar: Registrar
 
 
 def get_state(request: Request) -> AppState:

@@ -7,10 +7,16 @@ from collections.abc import Callable
 from sqlalchemy import delete, select
 
 from services.api.deployments import TERMINAL, apply_parked, apply_report
+from services.api.domains import apply_domain_event
 from shared.db import SessionMaker
 from shared.messages import (
     DeploymentReport,
     DnsRecordsRemoved,
+    DomainExpired,
+    DomainFailed,
+    DomainRegistered,
+    DomainRenewed,
+    DomainVerified,
     Envelope,
     JobParked,
     Message,
@@ -40,6 +46,11 @@ class EventRecorder:
                 await apply_report(session, event)
             elif isinstance(event, JobParked) and event.job_type == "deployment.requested":
                 await apply_parked(session, event)
+            elif isinstance(
+                event,
+                DomainRegistered | DomainVerified | DomainRenewed | DomainExpired | DomainFailed,
+            ) or (isinstance(event, JobParked) and event.job_type == "domain.register_requested"):
+                await apply_domain_event(session, event)
             elif isinstance(event, SiteFilesRemoved | DnsRecordsRemoved):
                 site = await session.scalar(
                     select(Site).where(Site.id == event.site_id).with_for_update()

@@ -261,3 +261,58 @@ class RolloutSiteRead(BaseModel):
     deployment_id: str | None
     restore_deployment_id: str | None
     reason: str | None
+
+
+# --- domains ----------------------------------------------------------------------------
+
+
+class DomainCreate(Strict):
+    name: str = Field(min_length=1, max_length=253)
+    years: int = Field(default=1, ge=1, le=10)
+    bring_your_own: bool = False
+
+
+class DomainUpdate(Strict):
+    auto_renew: bool
+
+
+class PriceRead(BaseModel):
+    amount: str
+    currency: str
+
+
+class DomainCheckRead(BaseModel):
+    name: str
+    available: bool
+    price: PriceRead | None
+    # Why it is not available (an addition to API.md).
+    reason: str | None = None
+
+
+class VerificationRead(BaseModel):
+    txt_name: str
+    txt_value: str
+    nameservers: list[str]
+
+
+class DomainFailure(BaseModel):
+    code: str
+    message: str
+
+
+class DomainRead(BaseModel):
+    name: str
+    status: Literal["registering", "pending_verification", "active", "failed", "expired"]
+    registrar: str | None
+    expires_at: datetime | None
+    verification: VerificationRead
+    verified_at: datetime | None
+    # Additions to API.md: how it came here, whether it is renewed before it expires,
+    # whether the NS delegation points at us (last check), and why the registration or the
+    # last verification failed.
+    bring_your_own: bool
+    auto_renew: bool
+    delegated: bool | None
+    checked_at: datetime | None
+    failure: DomainFailure | None
+    created_at: datetime

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from shared.settings import CommonSettings, WebHostSettings
+from shared.settings import CommonSettings, DomainSettings, WebHostSettings
 
 
-class ApiSettings(CommonSettings, WebHostSettings):
+class ApiSettings(CommonSettings, WebHostSettings, DomainSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     # Requests with a larger body are refused with 413 before they are parsed.

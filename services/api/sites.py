@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.api import outbox
 from services.api.deployments import rollback_target
+from services.api.domains import refuse_foreign_claim
 from services.api.identity import Principal
 from services.api.schemas import SiteCreate, SiteRead, SiteUpdate, SiteUrls
 from services.api.template_registry import resolve_pack
@@ -72,6 +73,8 @@ async def create_site(
     params = validate_params(pack, req.params)
     if await session.scalar(select(Site.id).where(Site.domain == domain)):
         raise Conflict(f"domain {domain!r} is already used by a site", code="domain_in_use")
+    # A domain another tenant bought or brought is theirs, even before a site is on it.
+    await refuse_foreign_claim(session, principal.tenant_id, domain, sites=False)
     now = utcnow()
     site = Site(
         id=new_id("site"),

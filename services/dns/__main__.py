@@ -14,10 +14,12 @@ from aio_pika.abc import AbstractConnection
 
 from services.dns.cdn import open_cdn_provider
 from services.dns.consumer import DnsJobHandler
+from services.dns.domains import DomainPurchases, check_brought_domains_forever
 from services.dns.local_cdn import ensure_local_cdn_zone
 from services.dns.powerdns import PowerDnsClient
 from services.dns.provider import open_dns_provider
 from services.dns.purge import CdnPurgeHandler
+from services.dns.renewals import renew_forever
 from services.dns.settings import DnsSettings
 from services.dns.sweep import sweep_forever
 from shared import broker
@@ -26,6 +28,7 @@ from shared.db import create_engine, create_sessionmaker
 from shared.errors import SitefleetError
 from shared.logs import configure_logging
 from shared.metrics import serve_metrics
+from shared.registrar import open_registrar
 from shared.service import consume_until, stop_event
 
 log = logging.getLogger("services.dns")
@@ -62,13 +65,31 @@ async def main() -> None:
                 await _ensure_cdn_zone(client, settings, stop)
             cdn = open_cdn_provider(http, settings)
             publisher = broker.Publisher()
+            sessionmaker = create_sessionmaker(engine)
+            registrar = open_registrar(settings, sessionmaker=sessionmaker, http=http)
+            purchases = DomainPurchases(
+                sessionmaker=sessionmaker,
+                registrar=registrar,
+                publisher=publisher,
+                settings=settings,
+            )
             handler = DnsJobHandler(
-                sessionmaker=create_sessionmaker(engine),
+                sessionmaker=sessionmaker,
                 client=client,
                 publisher=publisher,
                 settings=settings,
                 cdn=cdn,
+                purchases=purchases,
             )
+            domain_loops = [
+                asyncio.create_task(
+                    check_brought_domains_forever(sessionmaker, publisher, settings)
+                )
+            ]
+            if settings.domain_renew_interval > 0:
+                domain_loops.append(
+                    asyncio.create_task(renew_forever(sessionmaker, registrar, publisher, settings))
+                )
             consumer = Consumer(broker.DNS_JOBS, handler, publisher, settings.retry_delays)
             purger = Consumer(
                 broker.DNS_EVENTS, CdnPurgeHandler(cdn), publisher, settings.retry_delays
@@ -98,6 +119,8 @@ async def main() -> None:
             await purger.stop(DRAIN_TIMEOUT)
             if sweeper is not None:
                 sweeper.cancel()
+            for loop in domain_loops:
+                loop.cancel()
     finally:
         await engine.dispose()
 

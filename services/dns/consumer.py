@@ -19,6 +19,7 @@ import time
 from sqlalchemy import select
 
 from services.dns.cdn import CdnProvider
+from services.dns.domains import DomainPurchases, publication_allowed
 from services.dns.metrics import CHANGES, RECONCILES, VERIFY_SECONDS
 from services.dns.provider import DnsProvider
 from services.dns.reconcile import DnsNotVerified, apply_site, remove_site
@@ -32,6 +33,7 @@ from shared.messages import (
     DnsReconcileRequested,
     DnsRecordsRemoved,
     DnsRemovalRequested,
+    DomainRegisterRequested,
     Envelope,
     ErrorInfo,
     Message,
@@ -51,6 +53,7 @@ class DnsJobHandler:
         settings: DnsSettings,
         verifier: RecordVerifier | None = None,
         cdn: CdnProvider | None = None,
+        purchases: DomainPurchases | None = None,
     ) -> None:
         self.sessionmaker = sessionmaker
         self.client = client
@@ -58,18 +61,29 @@ class DnsJobHandler:
         self.settings = settings
         self.verifier = verifier or verifier_for(client, settings)
         self.cdn = cdn
+        self.purchases = purchases
 
     async def __call__(self, envelope: Envelope, payload: Message) -> None:
         if isinstance(payload, DnsReconcileRequested):
             await self.reconcile(payload)
         elif isinstance(payload, DnsRemovalRequested):
             await self.remove(payload)
+        elif isinstance(payload, DomainRegisterRequested) and self.purchases is not None:
+            await self.purchases.register(payload)
         else:
             raise Permanent(f"the dns service does not handle {envelope.type}")
 
     async def reconcile(self, job: DnsReconcileRequested) -> None:
         if await self._being_deleted(job.site_id):
             log.info("site is being deleted; not reconciling", extra={"site_id": job.site_id})
+            return
+        if not await publication_allowed(
+            self.sessionmaker, self.settings, tenant_id=job.tenant_id, domain=job.domain
+        ):  # reconciled again by the API once the domain is verified
+            log.info(
+                "domain not verified for the tenant; records held back",
+                extra={"site_id": job.site_id},
+            )
             return
         not_verified: DnsNotVerified | None = None
         started = time.perf_counter()

@@ -7,10 +7,10 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from shared.settings import CommonSettings, EdgeSettings, WebHostSettings
+from shared.settings import CommonSettings, DomainSettings, EdgeSettings, WebHostSettings
 
 
-class DnsSettings(CommonSettings, WebHostSettings, EdgeSettings):
+class DnsSettings(CommonSettings, WebHostSettings, EdgeSettings, DomainSettings):
     model_config = SettingsConfigDict(env_prefix="SITEFLEET_", extra="ignore")
 
     pdns_api_url: str = "http://127.0.0.1:8081"

@@ -47,6 +47,8 @@ async def test_the_service_reconciles_a_site_and_stops_on_sigterm(
         "SITEFLEET_WEB_HOST_ADDRESSES": json.dumps(WEB_HOSTS),
         "SITEFLEET_RETRY_DELAYS": "[0.5, 1]",
         "SITEFLEET_VERIFY_INTERVAL": "0.1",
+        # The site has no domain row (tests/dns/test_domain_purchases.py tests the gate).
+        "SITEFLEET_DOMAIN_OWNERSHIP": "off",
     }
     logs = Path(tempfile.mkdtemp(prefix="sitefleet-dns-main-"))
     proc = procs.start(

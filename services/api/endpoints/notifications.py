@@ -43,6 +43,8 @@ CHANNEL_EVENTS = (
     "dns.failed",
     "dns.parked",
     "site.parked",
+    "domain.failed",  # a purchase or renewal failed; a domain expiring or expired
+    "domain.parked",
 )
 _EMAIL = re.compile(r"^[^@\s<>\"',;]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?\.[A-Za-z]{2,}$")
 
