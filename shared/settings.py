@@ -20,6 +20,8 @@ class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SITEFLEET_", extra="ignore")
 
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/sitefleet"
+    # Connections each process keeps in its pool (and as many more in a burst).
+    db_pool_size: int = Field(default=10, ge=1)
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     # The nodes of a RabbitMQ cluster (JSON list); when set it replaces amqp_url. Services
     # connect to one node and move to the next when it is down or drops the connection.

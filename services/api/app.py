@@ -62,7 +62,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_engine(settings.database_url, application_name="sitefleet-api")
+        engine = create_engine(
+            settings.database_url,
+            application_name="sitefleet-api",
+            pool_size=settings.db_pool_size,
+        )
         sessionmaker = create_sessionmaker(engine)
         catalog = TemplateCatalog(settings.templates_dir)
         async with sessionmaker.begin() as session:

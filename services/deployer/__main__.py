@@ -28,7 +28,11 @@ async def run(settings: DeployerSettings) -> None:
     stop = stop_event()
     serve_metrics(settings.metrics_host, settings.metrics_port)
     catalog = TemplateCatalog(settings.templates_dir)
-    engine = create_engine(settings.database_url, application_name="sitefleet-deployer")
+    engine = create_engine(
+        settings.database_url,
+        application_name="sitefleet-deployer",
+        pool_size=settings.db_pool_size,
+    )
     publisher = broker.Publisher()
     local = LocalHost.from_settings(settings)
     hosts = HostRegistry(engine, settings, local=local)

@@ -57,7 +57,11 @@ async def main() -> None:
     configure_logging("dns", settings.log_level)
     stop = stop_event()
     serve_metrics(settings.metrics_host, settings.metrics_port)
-    engine = create_engine(settings.database_url, application_name="sitefleet-dns", pool_size=2)
+    engine = create_engine(
+        settings.database_url,
+        application_name="sitefleet-dns",
+        pool_size=min(2, settings.db_pool_size),
+    )
     try:
         async with httpx.AsyncClient() as http:
             client = open_dns_provider(http, settings)

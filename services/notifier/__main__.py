@@ -28,7 +28,11 @@ async def main() -> None:
     stop = stop_event()
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.metrics_host)
-    engine = create_engine(settings.database_url, application_name="sitefleet-notifier")
+    engine = create_engine(
+        settings.database_url,
+        application_name="sitefleet-notifier",
+        pool_size=settings.db_pool_size,
+    )
     sessionmaker = create_sessionmaker(engine)
     timers = Timers.of_seconds(
         settings.group_wait, settings.group_interval, settings.repeat_interval
