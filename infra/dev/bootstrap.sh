@@ -14,8 +14,10 @@ done
 [ -f /usr/lib/x86_64-linux-gnu/pdns/libgsqlite3backend.so ] || \
   ls /usr/lib/*/pdns/libgsqlite3backend.so >/dev/null 2>&1 || need_apt+=(pdns-backend-sqlite3)
 [ -f /etc/nginx/mime.types ] || need_apt+=(nginx-common)
-# Template build steps run the system's python3 inside bubblewrap (never the project's).
+# Template build steps run the system's python3 inside bubblewrap (never the project's);
+# the blog's (1.1.0 on) renders Markdown with its markdown-it-py.
 [ -x /usr/bin/python3 ] || need_apt+=(python3)
+[ -d /usr/lib/python3/dist-packages/markdown_it ] || need_apt+=(python3-markdown-it)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

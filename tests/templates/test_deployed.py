@@ -35,13 +35,15 @@ def deployer(nginx: Nginx, sites_root: Path, host: LocalHost, tmp_path: Path) ->
     return Deployer(TemplateCatalog(TEMPLATES), host, settings)
 
 
+@pytest.mark.parametrize("version", ["1.0.0", "1.1.0"])
 async def test_the_blog_goes_live_with_clean_urls_and_its_feed(
     deployer: Deployer,
     domain: str,
     fetch: Fetch,
+    version: str,
 ) -> None:
-    preview = deployer.catalog.get("blog", "1.0.0").preview_params
-    job = make_job(domain, template="blog", params=preview)
+    preview = deployer.catalog.get("blog", version).preview_params
+    job = make_job(domain, template="blog", template_version=version, params=preview)
 
     final = await deployer(job)
 

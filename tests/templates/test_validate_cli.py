@@ -39,8 +39,9 @@ def test_list_shows_every_template() -> None:
 
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    for name in ("blog", "landing", "portfolio", "spa"):
+    for name in ("landing", "portfolio", "spa"):
         assert f"{name}  1.0.0" in lines
+    assert "blog  1.0.0, 1.1.0" in lines  # every version, oldest first
 
 
 def test_unbalanced_html_fails_the_command(tmp_path: Path) -> None:
