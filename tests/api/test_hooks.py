@@ -39,9 +39,12 @@ async def test_a_hook_url_starts_a_deployment_and_is_rate_limited(
         assert deployment["status"] == "live"
         assert deployment["reason"] == "deploy hook 'main branch'"
 
-        # The default bucket allows a burst of 3; the next call within it is refused.
-        statuses = [(await ci.post(hook["url"])).status_code for _ in range(3)]
-        assert statuses[:2] == [202, 202] and statuses[2] == 429
+        # The default bucket: a burst of 3, then one call per 10 s. The first call used a
+        # token; waiting for its deployment may have earned one back (a slow machine). Calls
+        # in quick succession then get 202 until the bucket is empty, and 429 after.
+        statuses = [(await ci.post(hook["url"])).status_code for _ in range(4)]
+        accepted = statuses.count(202)
+        assert 2 <= accepted <= 3 and statuses == [202] * accepted + [429] * (4 - accepted)
         limited = await ci.post(hook["url"])
         assert_error(limited, 429, "rate_limited")
         assert int(limited.headers["Retry-After"]) >= 1
