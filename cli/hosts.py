@@ -68,9 +68,12 @@ async def add(
         await engine.dispose()
 
 
-async def try_login(spec: hosts.SshSpec, key: Path, host_key: str, connect_timeout: float) -> None:
+async def connect_pinned(
+    spec: hosts.SshSpec, key: Path, host_key: str, connect_timeout: float
+) -> asyncssh.SSHClientConnection:
+    """Log in to ``spec`` with ``key``, trusting only the pinned ``host_key``."""
     try:
-        conn = await asyncssh.connect(
+        return await asyncssh.connect(
             spec.address,
             spec.port,
             username=spec.user,
@@ -87,6 +90,10 @@ async def try_login(spec: hosts.SshSpec, key: Path, host_key: str, connect_timeo
             f"{type(exc).__name__}: {exc}",
             code="host_login_failed",
         ) from exc
+
+
+async def try_login(spec: hosts.SshSpec, key: Path, host_key: str, connect_timeout: float) -> None:
+    conn = await connect_pinned(spec, key, host_key, connect_timeout)
     conn.close()
     await conn.wait_closed()
 

@@ -27,7 +27,7 @@ import asyncssh
 import httpx
 from sqlalchemy import select
 
-from cli.hosts import try_login
+from cli.hosts import connect_pinned, try_login
 from services.deployer import hosts
 from services.deployer.layout import OBJECTS, RULES
 from services.deployer.settings import DeployerSettings
@@ -280,7 +280,7 @@ async def bootstrap(
             f"the host key of {plan.name!r} is not the one pinned at registration",
             code="host_key_changed",
         )
-    conn = await _connect(plan.admin, plan.admin_key, host_key, settings.ssh_connect_timeout)
+    conn = await connect_pinned(plan.admin, plan.admin_key, host_key, settings.ssh_connect_timeout)
     async with conn:
         remote = Remote(conn, sudo=plan.admin.user != "root", timeout=600)
         fingerprint = asyncssh.import_public_key(host_key).get_fingerprint()
@@ -346,29 +346,6 @@ async def _pinned_host_key(plan: Plan, settings: DeployerSettings) -> str | None
             )
     finally:
         await engine.dispose()
-
-
-async def _connect(
-    spec: hosts.SshSpec, key: Path, host_key: str, connect_timeout: float
-) -> asyncssh.SSHClientConnection:
-    try:
-        return await asyncssh.connect(
-            spec.address,
-            spec.port,
-            username=spec.user,
-            client_keys=[os.fspath(key)],
-            known_hosts=([asyncssh.import_public_key(host_key)], [], []),
-            config=None,
-            agent_path=None,
-            preferred_auth="publickey",
-            connect_timeout=connect_timeout,
-        )
-    except (OSError, asyncssh.Error, TimeoutError) as exc:
-        raise Transient(
-            f"cannot log in to {spec.user}@{spec.address}:{spec.port} with {key}: "
-            f"{type(exc).__name__}: {exc}",
-            code="host_login_failed",
-        ) from exc
 
 
 def _public_key(private: Path) -> str:
