@@ -7,8 +7,11 @@ consumer starts is unroutable):
                               --dns.*, domain.*-->       dns.jobs
     sitefleet.events (topic)  --deployment.*, site.*, dns.*, domain.*, rollout.*-->  api.events
                               --*.failed, *.parked, *.succeeded, dns.drift,
-                                dns.halted, rollout.halted-->              notifier.events
+                                dns.halted, rollout.halted, cert.expiring--> notifier.events
                               --deployment.succeeded-->                    dns.events
+                              --deployment.succeeded, cert.installed,
+                                site.files_removed-->                      certs.events
+    sitefleet.jobs            --cert.*-->                                  certs.jobs
 
 Every work queue ``Q`` is a quorum queue with:
     Q.wait.<delay>  one TTL'd quorum queue per backoff step; expired messages dead-letter
@@ -67,11 +70,35 @@ API_EVENTS = QueueSpec(
 NOTIFIER_EVENTS = QueueSpec(
     "notifier.events",
     EVENTS_EXCHANGE,
-    ("*.failed", "*.parked", "*.succeeded", "dns.drift", "dns.halted", "rollout.halted"),
+    (
+        "*.failed",
+        "*.parked",
+        "*.succeeded",
+        "dns.drift",
+        "dns.halted",
+        "rollout.halted",
+        "cert.expiring",
+    ),
 )
 # The DNS/CDN service purges a site's CDN cache once a deployment is live.
 DNS_EVENTS = QueueSpec("dns.events", EVENTS_EXCHANGE, ("deployment.succeeded",))
-ALL_QUEUES = (DEPLOYER_JOBS, DNS_JOBS, API_EVENTS, NOTIFIER_EVENTS, DNS_EVENTS)
+# The certs service: ACME orders (jobs), and what tells it a site went live, a certificate
+# reached every host, or a site's files are gone (events).
+CERTS_JOBS = QueueSpec("certs.jobs", JOBS_EXCHANGE, ("cert.*",))
+CERTS_EVENTS = QueueSpec(
+    "certs.events",
+    EVENTS_EXCHANGE,
+    ("deployment.succeeded", "cert.installed", "site.files_removed"),
+)
+ALL_QUEUES = (
+    DEPLOYER_JOBS,
+    DNS_JOBS,
+    API_EVENTS,
+    NOTIFIER_EVENTS,
+    DNS_EVENTS,
+    CERTS_JOBS,
+    CERTS_EVENTS,
+)
 
 
 def format_delay(seconds: float) -> str:

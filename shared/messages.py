@@ -332,6 +332,120 @@ class DomainFailed(Message):
     site_id: str | None = None
 
 
+# --- certificates (issue 8) ------------------------------------------------------------
+# The certs service (services/certs) runs ACME orders; the deployer, which owns the web
+# hosts, serves HTTP-01 answers and writes certificates to them; the DNS service, the one
+# writer of each DNS backend, sets DNS-01 TXT records. Each side checks the other's work
+# itself (HTTP fetch through nginx, a query to the authoritative servers, a TLS handshake)
+# instead of waiting for a reply message.
+
+ChallengeType = Literal["http-01", "dns-01"]
+
+
+class CertificateRequested(Message):
+    """Job for the certs service: make sure the site has a valid certificate (issue one, or
+    renew the one it has). Never re-issues while a valid certificate is not due."""
+
+    TYPE: ClassVar[str] = "cert.requested"
+
+    tenant_id: str
+    site_id: str
+    domain: str
+    reason: Literal["deployed", "renewal", "retry", "manual"] = "deployed"
+
+
+class AcmeHttpChallengeRequested(Message):
+    """Job for the deployer: serve (``publish``) or stop serving (``withdraw``) an HTTP-01
+    key authorization at ``/.well-known/acme-challenge/<token>`` on every web host of the
+    site. ``token`` is base64url (RFC 8555 §8.3); the deployer refuses anything else."""
+
+    TYPE: ClassVar[str] = "site.acme_challenge_requested"
+
+    site_id: str
+    domain: str
+    token: str
+    key_authorization: str
+    action: Literal["publish", "withdraw"]
+
+
+class CertificateInstallRequested(Message):
+    """Job for the deployer: write certificate ``certificate_id`` (key and chain read from
+    the ``certificates`` table, never carried in a message) to every web host of the site,
+    under each of its names, atomically; then emit ``cert.installed``."""
+
+    TYPE: ClassVar[str] = "site.certificate_install_requested"
+
+    site_id: str
+    domain: str
+    certificate_id: str
+
+
+class AcmeDnsChallengeRequested(Message):
+    """Job for the DNS service: set (or clear) the TXT RRset ``name`` (``_acme-challenge.<d>.``)
+    in the site's zone to ``values``, marked as ours; the certs service then checks the
+    authoritative servers itself before answering the challenge."""
+
+    TYPE: ClassVar[str] = "dns.acme_challenge_requested"
+
+    tenant_id: str
+    site_id: str
+    domain: str
+    name: str
+    values: list[str]
+    action: Literal["set", "clear"]
+
+
+class CertificateInstalled(Message):
+    """The deployer wrote the certificate to every web host of the site (event)."""
+
+    TYPE: ClassVar[str] = "cert.installed"
+
+    site_id: str
+    domain: str
+    certificate_id: str
+    host_ids: list[str]
+
+
+class CertificateIssued(Message):
+    """A certificate was issued and installed on every host of the site (event)."""
+
+    TYPE: ClassVar[str] = "cert.issued"
+
+    tenant_id: str
+    site_id: str
+    domain: str
+    certificate_id: str
+    names: list[str]
+    issuer: str
+    not_after: datetime
+    challenge: ChallengeType
+
+
+class CertificateFailed(Message):
+    """An order failed (doomed before sending, rejected by the CA, CA unreachable, rate
+    limited); ``retry_at`` is when the next attempt is due, if any. Alert (``*.failed``)."""
+
+    TYPE: ClassVar[str] = "cert.failed"
+
+    tenant_id: str
+    site_id: str
+    domain: str
+    error: ErrorInfo
+    retry_at: datetime | None = None
+
+
+class CertificateExpiring(Message):
+    """The site's certificate expires soon and renewal has not succeeded. Alert."""
+
+    TYPE: ClassVar[str] = "cert.expiring"
+
+    tenant_id: str
+    site_id: str
+    domain: str
+    not_after: datetime
+    error: ErrorInfo
+
+
 class JobParked(Message):
     """A job gave up (retries exhausted or a permanent error); ``TYPE`` is set per job."""
 

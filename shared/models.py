@@ -481,3 +481,50 @@ class SandboxRegistration(Base):
     renewals: Mapped[list[Any]] = mapped_column(JSONB, default=list)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = _now()
+
+
+# --- certificates -----------------------------------------------------------------------
+
+
+class AcmeAccount(Base):
+    """Writer: certs. The installation's ACME account at one CA directory (one key per
+    installation and directory; Let's Encrypt staging and production are separate CAs)."""
+
+    __tablename__ = "acme_accounts"
+    directory_url: Mapped[str] = mapped_column(String(500), primary_key=True)
+    key_pem: Mapped[str] = mapped_column(Text)
+    account_url: Mapped[str | None] = mapped_column(String(500))
+    contact: Mapped[str | None] = mapped_column(String(320))
+    created_at: Mapped[datetime] = _now()
+
+
+class Certificate(Base):
+    """Writer: certs. One row per certificate order of a site (issuance or renewal).
+
+    The site's certificate in use is its newest ``installed`` row; a renewal is a new row
+    that takes over once installed on every host. The deployer reads ``private_key_pem``
+    and ``certificate_pem`` (the full chain) by id to write them to the hosts."""
+
+    __tablename__ = "certificates"
+    __table_args__ = (Index("certificates_site_created", "site_id", "created_at"),)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    site_id: Mapped[str] = mapped_column(String(64))
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    domain: Mapped[str] = mapped_column(String(253))
+    names: Mapped[list[Any]]
+    challenge: Mapped[str] = mapped_column(String(16))
+    # requested -> ordering -> issued -> installed; failed; superseded (a newer one took over)
+    status: Mapped[str] = mapped_column(String(16), default="requested")
+    order_url: Mapped[str | None] = mapped_column(String(500))
+    private_key_pem: Mapped[str | None] = mapped_column(Text)
+    certificate_pem: Mapped[str | None] = mapped_column(Text)
+    issuer: Mapped[str | None] = mapped_column(String(500))
+    not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    not_after: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Not before this instant (the CA's Retry-After / rate limit, or our backoff).
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    installed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
