@@ -506,7 +506,10 @@ class Certificate(Base):
     and ``certificate_pem`` (the full chain) by id to write them to the hosts."""
 
     __tablename__ = "certificates"
-    __table_args__ = (Index("certificates_site_created", "site_id", "created_at"),)
+    __table_args__ = (
+        Index("certificates_site_created", "site_id", "created_at"),
+        Index("certificates_status", "status", "next_attempt_at"),
+    )
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     site_id: Mapped[str] = mapped_column(String(64))
     tenant_id: Mapped[str] = mapped_column(String(64))
@@ -528,3 +531,5 @@ class Certificate(Base):
     installed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = _now()
+    # When the last cert.expiring warning for this certificate went out (migration 0009).
+    warned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

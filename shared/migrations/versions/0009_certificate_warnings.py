@@ -1,0 +1,25 @@
+"""certificates: when the last expiry warning went out
+
+Revision ID: 0009
+Revises: 0008
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0009"
+down_revision = "0008"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.add_column(
+        "certificates", sa.Column("warned_at", sa.DateTime(timezone=True), nullable=True)
+    )
+    op.create_index("certificates_status", "certificates", ["status", "next_attempt_at"])
+
+
+def downgrade() -> None:
+    op.drop_index("certificates_status", table_name="certificates")
+    op.drop_column("certificates", "warned_at")
