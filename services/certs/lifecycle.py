@@ -273,7 +273,8 @@ class CertLifecycle:
 async def sweep_forever(lifecycle: CertLifecycle, interval: float) -> None:
     while True:
         try:
-            await lifecycle.sweep()
+            if lifecycle.publisher.attached:  # else wait for the broker: nothing to send with
+                await lifecycle.sweep()
         except asyncio.CancelledError:
             raise
         except Exception:  # the next round may do better; never kill the service
