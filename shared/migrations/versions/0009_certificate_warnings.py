@@ -14,9 +14,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.add_column(
-        "certificates", sa.Column("warned_at", sa.DateTime(timezone=True), nullable=True)
-    )
+    op.add_column("certificates", sa.Column("warned_at", sa.DateTime(timezone=True), nullable=True))
     op.create_index("certificates_status", "certificates", ["status", "next_attempt_at"])
 
 

@@ -1,0 +1,140 @@
+"""ACME orders against Pebble: a certificate through HTTP-01 and through DNS-01, served on
+the host afterwards; no order for a valid certificate; no order for a domain that does not
+point at us."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+
+import pytest
+
+from shared.messages import CertificateRequested, DeploymentSucceeded
+from shared.models import Site
+from tests.certs.conftest import CertsStack, StackFactory
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+async def stack(certs_stacks: StackFactory) -> CertsStack:
+    return await certs_stacks("orders")
+
+
+def deployed(site: Site) -> DeploymentSucceeded:
+    return DeploymentSucceeded(
+        deployment_id="dep_1",
+        tenant_id=site.tenant_id,
+        site_id=site.id,
+        domain=site.domain,
+        generation=1,
+        status="live",
+    )
+
+
+async def handshake(stack: CertsStack, name: str) -> dict:
+    """Connect to the host's TLS port trusting only Pebble's root, checking the name."""
+    assert stack.pebble is not None
+    context = ssl.create_default_context(cadata=stack.pebble.root_pem)
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", stack.host.tls_port, ssl=context, server_hostname=name
+    )
+    cert = writer.get_extra_info("peercert")
+    writer.close()
+    return cert
+
+
+async def test_http01_certificate_after_deployment(stack: CertsStack) -> None:
+    site = await stack.new_site()
+    await stack.publisher.emit(deployed(site))
+
+    issued = await stack.wait_event("cert.issued", site.id)
+    assert issued.payload["challenge"] == "http-01"
+    assert set(issued.payload["names"]) == {
+        site.domain,
+        f"www.{site.domain}",
+        f"proxy.{site.domain}",
+    }
+    [row] = await stack.rows(site.id)
+    assert row.status == "installed" and row.installed_at is not None
+    assert row.private_key_pem and "BEGIN PRIVATE KEY" in row.private_key_pem
+    assert row.certificate_pem and row.certificate_pem.count("BEGIN CERTIFICATE") >= 2
+    assert "Pebble" in (row.issuer or "")
+    # Served on the host, valid for every name under Pebble's root (and only under it).
+    for name in row.names:
+        cert = await handshake(stack, name)
+        assert ("DNS", name) in cert["subjectAltName"]
+    # The challenge files were withdrawn once the CA had decided.
+    assert stack.host.challenges == {}
+
+
+async def test_no_new_order_while_the_certificate_is_valid(stack: CertsStack) -> None:
+    site = await stack.new_site()
+    await stack.publisher.emit(deployed(site))
+    await stack.wait_event("cert.issued", site.id)
+    assert stack.pebble is not None
+    orders = stack.pebble.orders_seen()
+    skipped = stack.log_text().count("valid certificate not due; no order")
+
+    # A redeploy does not even ask; an explicit request is answered "valid, not due".
+    await stack.publisher.emit(deployed(site))
+    await stack.publisher.submit(
+        CertificateRequested(
+            tenant_id=site.tenant_id, site_id=site.id, domain=site.domain, reason="deployed"
+        )
+    )
+    await stack.wait_log("valid certificate not due; no order", skipped + 1)
+    assert stack.pebble.orders_seen() == orders
+    assert [r.status for r in await stack.rows(site.id)] == ["installed"]
+
+
+async def test_domain_not_pointing_here_sends_no_order(stack: CertsStack) -> None:
+    site = await stack.new_site(pointing=False)
+    assert stack.pebble is not None
+    orders = stack.pebble.orders_seen()
+    await stack.publisher.emit(deployed(site))
+
+    failed = await stack.wait_event("cert.failed", site.id)
+    assert failed.payload["error"]["code"] == "dns_not_pointing_here"
+    assert "198.51.100.7" in failed.payload["error"]["message"]
+    assert failed.payload["retry_at"] is not None
+    assert stack.pebble.orders_seen() == orders
+    [row] = await stack.rows(site.id)
+    assert row.status == "failed"
+    assert row.error and row.error["code"] == "dns_not_pointing_here"
+    assert row.next_attempt_at is not None and row.order_url is None
+
+    # Asked again before the backoff is over: still no order (the sweep waits too).
+    await stack.publisher.submit(
+        CertificateRequested(
+            tenant_id=site.tenant_id, site_id=site.id, domain=site.domain, reason="deployed"
+        )
+    )
+    await stack.wait_log("the last order failed; waiting before the next")
+    assert stack.pebble.orders_seen() == orders
+    assert len(stack.events_of("cert.failed", site.id)) == 1
+
+
+async def test_dns01_certificate(certs_stacks: StackFactory) -> None:
+    stack = await certs_stacks("dns01", env={"SITEFLEET_ACME_CHALLENGE": "dns-01"})
+    # DNS-01 needs no address pointing at us: the TXT record proves control.
+    site = await stack.new_site(pointing=False)
+    await stack.publisher.emit(deployed(site))
+
+    issued = await stack.wait_event("cert.issued", site.id)
+    assert issued.payload["challenge"] == "dns-01"
+    sets = [
+        e
+        for e in stack.jobs_seen
+        if e.type == "dns.acme_challenge_requested" and e.payload["site_id"] == site.id
+    ]
+    names = {e.payload["name"] for e in sets}
+    assert names == {
+        f"_acme-challenge.{site.domain}.",
+        f"_acme-challenge.www.{site.domain}.",
+        f"_acme-challenge.proxy.{site.domain}.",
+    }
+    # Set, then cleared once the CA had decided.
+    assert {e.payload["action"] for e in sets} == {"set", "clear"}
+    cert = await handshake(stack, f"www.{site.domain}")
+    assert ("DNS", f"www.{site.domain}") in cert["subjectAltName"]
