@@ -30,6 +30,7 @@ templates_app = typer.Typer(no_args_is_help=True, help="Template packs: validate
 host_app = typer.Typer(no_args_is_help=True, help="Web hosts: bootstrap, add, list, remove.")
 sites_app = typer.Typer(no_args_is_help=True, help="Sites in bulk.")
 domain_app = typer.Typer(no_args_is_help=True, help="Domains: list, check at the registrar.")
+certs_app = typer.Typer(no_args_is_help=True, help="TLS certificates: list, renew now.")
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(token_app, name="token")
 app.add_typer(db_app, name="db")
@@ -41,6 +42,7 @@ app.add_typer(templates_app, name="templates")
 app.add_typer(host_app, name="host")
 app.add_typer(sites_app, name="sites")
 app.add_typer(domain_app, name="domain")
+app.add_typer(certs_app, name="certs")
 
 T = TypeVar("T")
 
@@ -568,3 +570,44 @@ def dev_run() -> None:
     from cli.devstack.run import run
 
     raise typer.Exit(run())
+
+
+@certs_app.command("list")
+def certs_list(
+    domain: Annotated[str | None, typer.Option(help="only this site's")] = None,
+) -> None:
+    """Each site's certificate (or the order on its way / the last failed one)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from cli.certs import list_certificates
+
+    lines = asyncio.run(list_certificates(CommonSettings(), domain))
+    table = Table(title=f"{len(lines)} certificate(s)")
+    for column in ("domain", "status", "expires", "issuer", "attempts", "error", "next attempt"):
+        table.add_column(column, overflow="fold")
+    for line in lines:
+        table.add_row(
+            line.domain,
+            line.status,
+            line.not_after.isoformat() if line.not_after else "",
+            line.issuer or "",
+            str(line.attempts),
+            line.error or "",
+            line.next_attempt_at.isoformat() if line.next_attempt_at else "",
+        )
+    Console(soft_wrap=True).print(table)
+
+
+@certs_app.command("renew")
+def certs_renew(domain: Annotated[str, typer.Argument(help="the site's domain")]) -> None:
+    """Order a new certificate for the site now, even if its certificate is valid and not
+    due or its last order failed recently (the CA's rate limits still apply)."""
+    from cli.certs import request_renewal
+
+    try:
+        site_id = asyncio.run(request_renewal(CommonSettings(), domain))
+    except SitefleetError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"certificate requested for {domain} ({site_id}); see `sitefleet certs list`")

@@ -1,6 +1,6 @@
 """``make run``: the whole platform on this machine, with a demo site.
 
-Starts a private nginx and PowerDNS (state under var/), migrates the database, runs the four
+Starts a private nginx and PowerDNS (state under var/), migrates the database, runs the five
 services, creates the demo tenant, brings and verifies the demo domain and creates the demo
 site through the public API, prints how to look at it, and stops everything it started on
 Ctrl-C. Domain ownership is enforced as in production: the runner plays the demo domain's
@@ -32,7 +32,7 @@ from shared.migrate import upgrade
 from shared.settings import PROJECT_ROOT
 
 console = Console(soft_wrap=True, highlight=False)
-SERVICES = ("api", "deployer", "dns", "notifier")
+SERVICES = ("api", "deployer", "dns", "notifier", "certs")
 DEMO_TENANT = "demo"
 DEMO_DOMAIN = "demo.sitefleet.test"
 CDN_ZONE = "cdn.sitefleet.test"

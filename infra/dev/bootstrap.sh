@@ -7,7 +7,7 @@ cd "$(dirname "$0")/../.."
 
 need_apt=()
 for pair in nginx:nginx pdns_server:pdns-server sshd:openssh-server bwrap:bubblewrap \
-            dig:dnsutils sqlite3:sqlite3; do
+            dig:dnsutils sqlite3:sqlite3 pebble:pebble; do
   bin=${pair%%:*} pkg=${pair##*:}
   command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || need_apt+=("$pkg")
 done

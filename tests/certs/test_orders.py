@@ -9,9 +9,13 @@ import ssl
 
 import pytest
 
+from cli.certs import list_certificates, request_renewal
+from shared.errors import NotFound
 from shared.messages import CertificateRequested, DeploymentSucceeded
 from shared.models import Site
+from shared.settings import CommonSettings
 from tests.certs.conftest import CertsStack, StackFactory
+from tests.fixtures.platform import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -138,3 +142,23 @@ async def test_dns01_certificate(certs_stacks: StackFactory) -> None:
     assert {e.payload["action"] for e in sets} == {"set", "clear"}
     cert = await handshake(stack, f"www.{site.domain}")
     assert ("DNS", f"www.{site.domain}") in cert["subjectAltName"]
+
+
+async def test_ops_force_a_renewal(stack: CertsStack) -> None:
+    """`sitefleet certs renew DOMAIN`: a new certificate now, though the old one is valid."""
+    site = await stack.new_site()
+    await stack.publisher.emit(deployed(site))
+    await stack.wait_event("cert.issued", site.id)
+    settings = CommonSettings(
+        database_url=stack.env["SITEFLEET_DATABASE_URL"], amqp_url=stack.env["SITEFLEET_AMQP_URL"]
+    )
+    assert await request_renewal(settings, site.domain) == site.id
+
+    async def replaced() -> bool:
+        return [r.status for r in await stack.rows(site.id)] == ["superseded", "installed"]
+
+    await wait_until(replaced, timeout=60, what="the forced renewal to take over")
+    listed = await list_certificates(settings, site.domain)
+    assert [(line.status, line.error) for line in listed] == [("installed", None)]
+    with pytest.raises(NotFound):
+        await request_renewal(settings, "no-such-site.example")
