@@ -79,9 +79,19 @@ class CertLifecycle:
                 and set(current.names) == set(names)
                 and not store.is_due(current, now, self.settings.cert_renew_fraction)
             ):
+                if reason == "deployed":
+                    log.info(
+                        "no new certificate request: the certificate is valid and not due",
+                        extra={"site_id": site_id},
+                    )
                 return False
             row = await store.pending_order(session, site_id)
             if row is not None and not store.may_retry(row, now, self.settings):
+                if reason == "deployed":  # the sweep's rounds would flood the log
+                    log.info(
+                        "no new certificate request: one is on its way or waiting",
+                        extra={"site_id": site_id, "status": row.status},
+                    )
                 return False
             if reason == "renewal" and current is None:
                 reason = "retry"

@@ -162,3 +162,26 @@ async def test_ops_force_a_renewal(stack: CertsStack) -> None:
     assert [(line.status, line.error) for line in listed] == [("installed", None)]
     with pytest.raises(NotFound):
         await request_renewal(settings, "no-such-site.example")
+
+
+async def test_deployments_racing_an_order_make_one_order(stack: CertsStack) -> None:
+    """Redeploys while the site's order is on its way ask for nothing more."""
+    site = await stack.new_site()
+    assert stack.pebble is not None
+    orders = stack.pebble.orders_seen()
+    for _ in range(3):
+        await stack.publisher.emit(deployed(site))
+    await stack.wait_event("cert.issued", site.id)
+
+    # One deployment asked; each other one found the order on its way, or the certificate
+    # already valid.
+    # (The sweep may have asked first: then every deployment declined.)
+    async def answered() -> bool:
+        lines = [line for line in stack.log_text().splitlines() if site.id in line]
+        asked = sum('"reason": "deployed"' in line for line in lines)
+        declined = sum("no new certificate request" in line for line in lines)
+        return asked + declined == 3 and asked <= 1
+
+    await wait_until(answered, what="every deployment event handled")
+    assert stack.pebble.orders_seen() == orders + 1
+    assert [r.status for r in await stack.rows(site.id)] == ["installed"]
