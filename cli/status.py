@@ -16,11 +16,13 @@ from sqlalchemy import func, select
 
 from shared import broker
 from shared.db import create_engine, create_sessionmaker
-from shared.models import Deployment, DnsRecord
+from shared.models import Certificate, Deployment, DnsRecord
 from shared.settings import CommonSettings
 from shared.timeutil import utcnow
 
 IN_FLIGHT = ("queued", "building", "uploading", "activating")
+# Certificates in use that expire sooner than this are a problem (renewal should have run).
+CERT_EXPIRY_WARNING = timedelta(days=7)
 
 
 @dataclass
@@ -109,10 +111,27 @@ async def collect(settings: CommonSettings, api_url: str, stuck_after: timedelta
                 .select_from(DnsRecord)
                 .where(DnsRecord.status != "verified", DnsRecord.updated_at < cutoff)
             )
+            failed_certs = await session.scalar(
+                select(func.count()).select_from(Certificate).where(Certificate.status == "failed")
+            )
+            expiring_certs = await session.scalar(
+                select(func.count())
+                .select_from(Certificate)
+                .where(
+                    Certificate.status == "installed",
+                    Certificate.not_after < utcnow() + CERT_EXPIRY_WARNING,
+                )
+            )
     finally:
         await engine.dispose()
     if status.stuck_deployments:
         status.problems.append(f"{len(status.stuck_deployments)} deployment(s) stuck")
     if total_unverified:
         status.problems.append(f"{total_unverified} DNS record(s) not verified")
+    if failed_certs:
+        status.problems.append(
+            f"{failed_certs} site(s) whose certificate order failed (sitefleet certs list)"
+        )
+    if expiring_certs:
+        status.problems.append(f"{expiring_certs} certificate(s) in use expire within 7 days")
     return status
