@@ -316,6 +316,7 @@ async def _check_everywhere(
             release_id,
             http_host=target.http_host,
             http_port=target.http_port,
+            https_port=target.https_port,
             request_timeout=settings.health_check_timeout,
         )
 

@@ -43,7 +43,11 @@ from services.deployer.layout import (
     changed_files,
     list_releases,
     make_dirs,
+    publish_challenge,
     read_current,
+    remove_tls,
+    withdraw_challenge,
+    write_certificates,
 )
 from services.deployer.nginx import ReloadCoalescer
 from services.deployer.nginx_rules import RulesRefused, reload_nginx, write_rules
@@ -160,6 +164,21 @@ class HostTransport(abc.ABC):
     @abc.abstractmethod
     async def reload_nginx(self) -> None:
         """Reload the host's nginx now (the deploy pipeline goes through ``reloads``)."""
+
+    @abc.abstractmethod
+    async def publish_challenge(self, domain: str, token: str, key_authorization: str) -> None:
+        """Serve an HTTP-01 key authorization at /.well-known/acme-challenge/<token> for
+        any Host (layout.py). Idempotent."""
+
+    @abc.abstractmethod
+    async def withdraw_challenge(self, domain: str, token: str) -> None:
+        """Stop serving ``token``. Idempotent."""
+
+    @abc.abstractmethod
+    async def install_certificate(self, domain: str, names: list[str], pem: bytes) -> None:
+        """Write ``pem`` (private key + full chain, already checked) as ``.tls/<name>.pem``
+        for each of ``names``, each file replaced whole; nginx reads it at the next TLS
+        handshake for that name (no reload). Idempotent."""
 
     def _nginx(self) -> list[str]:
         if not self.nginx_command:
@@ -331,6 +350,7 @@ class LocalHost(HostTransport):
     def _remove_site(self, site_dir: Path) -> None:
         # Unlink `current` first: nginx answers 404 from this instant, whatever rmtree meets.
         (site_dir / CURRENT).unlink(missing_ok=True)
+        remove_tls(self.sites_root, site_dir.name)
         if site_dir.is_symlink():
             site_dir.unlink()
             return
@@ -363,3 +383,29 @@ class LocalHost(HostTransport):
         command = self._nginx()
         with _host_io("reloading nginx", self.name):
             await asyncio.to_thread(reload_nginx, self.sites_root, command)
+
+    async def publish_challenge(self, domain: str, token: str, key_authorization: str) -> None:
+        check_domain(domain)
+        with _host_io("publishing an ACME challenge", domain), _refused():
+            await asyncio.to_thread(
+                publish_challenge, self.sites_root, domain, token, key_authorization
+            )
+
+    async def withdraw_challenge(self, domain: str, token: str) -> None:
+        check_domain(domain)
+        with _host_io("withdrawing an ACME challenge", domain), _refused():
+            await asyncio.to_thread(withdraw_challenge, self.sites_root, domain, token)
+
+    async def install_certificate(self, domain: str, names: list[str], pem: bytes) -> None:
+        check_domain(domain)
+        with _host_io("writing the certificate", domain), _refused():
+            await asyncio.to_thread(write_certificates, self.sites_root, names, pem)
+
+
+@contextlib.contextmanager
+def _refused() -> Iterator[None]:
+    """The host-side layout functions' ``ValueError`` (a refused argument) as ``Invalid``."""
+    try:
+        yield
+    except ValueError as exc:
+        raise Invalid(str(exc), code="refused_by_host") from None
