@@ -23,7 +23,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from services.deployer.nginx import valid_listen
+from services.deployer.nginx import tls_listen_for, valid_listen
 from services.deployer.release import HostTransport, LocalHost
 from services.deployer.settings import DeployerSettings
 from services.deployer.target import Target
@@ -297,7 +297,12 @@ def build_transport(row: WebHost, settings: DeployerSettings) -> HostTransport:
             max_links=settings.object_max_links,
         )
         local.name = row.name
-        local.configure_nginx(row.nginx_command, row.nginx_listen, settings.nginx_reload_window)
+        local.configure_nginx(
+            row.nginx_command,
+            row.nginx_listen,
+            settings.nginx_reload_window,
+            tls_listen_for(row.nginx_listen, row.https_port or settings.https_port),
+        )
         return local
     assert row.ssh_address and row.ssh_user and row.ssh_key_path and row.host_key
     remote = SshHost(
@@ -317,5 +322,10 @@ def build_transport(row: WebHost, settings: DeployerSettings) -> HostTransport:
         keepalive_count_max=settings.ssh_keepalive_count_max,
         max_channels=settings.ssh_max_channels,
     )
-    remote.configure_nginx(row.nginx_command, row.nginx_listen, settings.nginx_reload_window)
+    remote.configure_nginx(
+        row.nginx_command,
+        row.nginx_listen,
+        settings.nginx_reload_window,
+        tls_listen_for(row.nginx_listen, row.https_port or settings.https_port),
+    )
     return remote

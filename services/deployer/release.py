@@ -49,7 +49,7 @@ from services.deployer.layout import (
     withdraw_challenge,
     write_certificates,
 )
-from services.deployer.nginx import ReloadCoalescer
+from services.deployer.nginx import ReloadCoalescer, tls_listen_for
 from services.deployer.nginx_rules import RulesRefused, reload_nginx, write_rules
 from services.deployer.objects import (
     DIR_MODE,
@@ -95,6 +95,9 @@ class HostTransport(abc.ABC):
     # on. None: this host serves plain sites only.
     nginx_command: list[str] | None = None
     nginx_listen: str | None = None
+    # Its catch-all's TLS listen address (issue 8), which profile server blocks share;
+    # None: rules are rendered without TLS.
+    nginx_tls_listen: str | None = None
     # Seconds: the host's nginx reloads at most once per window (nginx.ReloadCoalescer).
     reload_window: float = 2.0
     _reloads: ReloadCoalescer | None = None
@@ -108,10 +111,20 @@ class HostTransport(abc.ABC):
         return self._reloads
 
     def configure_nginx(
-        self, command: Sequence[str] | None, listen: str | None, reload_window: float
+        self,
+        command: Sequence[str] | None,
+        listen: str | None,
+        reload_window: float,
+        tls_listen: str | None = None,
     ) -> None:
         self.nginx_command = list(command) if command else None
         self.nginx_listen, self.reload_window = listen, reload_window
+        self.nginx_tls_listen = tls_listen
+
+    @property
+    @abc.abstractmethod
+    def sites_path(self) -> str:
+        """The host's sites root, as a path on the host."""
 
     @abc.abstractmethod
     def site_root(self, domain: str) -> str:
@@ -225,9 +238,16 @@ class LocalHost(HostTransport):
             max_links=settings.object_max_links,
         )
         host.configure_nginx(
-            settings.nginx_command, settings.local_nginx_listen, settings.nginx_reload_window
+            settings.nginx_command,
+            settings.local_nginx_listen,
+            settings.nginx_reload_window,
+            tls_listen_for(settings.local_nginx_listen, settings.https_port),
         )
         return host
+
+    @property
+    def sites_path(self) -> str:
+        return str(self.sites_root)
 
     def _site_dir(self, domain: str) -> Path:
         return self.sites_root / check_domain(domain)

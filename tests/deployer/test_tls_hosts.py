@@ -135,6 +135,8 @@ class Box:
     port: int
     https_port: int
     proc: subprocess.Popen[bytes]
+    # argv running its nginx (per-site rules: nginx -t, -s reload).
+    command: list[str]
 
     async def get(self, domain: str, path: str = "/") -> httpx.Response:
         async with httpx.AsyncClient(trust_env=False) as client:
@@ -174,7 +176,7 @@ class Box:
 def _box(name: str) -> Iterator[Box]:
     root = world_readable_tempdir(name)
     server, proc = run_nginx(root, hsts_max_age=HSTS_MAX_AGE)
-    yield Box(server.sites_root, server.port, server.https_port, proc)  # type: ignore[arg-type]
+    yield Box(server.sites_root, server.port, server.https_port, proc, server.command)  # type: ignore[arg-type]
     procs.stop(proc)  # type: ignore[arg-type]
     shutil.rmtree(root, ignore_errors=True)
 
@@ -232,7 +234,9 @@ class Fleet:
     host_ids: list[str] = field(default_factory=list)
 
 
-async def register(engine: AsyncEngine, name: str, box: Box, sshd: Sshd | None = None) -> str:
+async def register(
+    engine: AsyncEngine, name: str, box: Box, sshd: Sshd | None = None, *, rules: bool = False
+) -> str:
     async with create_sessionmaker(engine).begin() as session:
         row = await add_host(
             session,
@@ -245,6 +249,7 @@ async def register(engine: AsyncEngine, name: str, box: Box, sshd: Sshd | None =
             http=("127.0.0.1", box.port),
             public_addresses=["127.0.0.1"],
             https_port=box.https_port,
+            nginx_command=box.command if rules else None,
         )
         return row.id
 
@@ -255,11 +260,14 @@ async def make_fleet(
     settings: DeployerSettings,
     boxes: list[Box],
     ssh_server: Sshd,
+    *,
+    rules: bool = False,
 ) -> Fleet:
-    """Host "a" local (box A), host "b-<n>" over SSH (box B); every site goes to both."""
+    """Host "a" local (box A), host "b-<n>" over SSH (box B); every site goes to both.
+    ``rules``: the hosts can take per-site nginx rules (their nginx command is known)."""
     ids = [
-        await register(engine, "a", boxes[0]),
-        await register(engine, f"b-{uuid.uuid4().hex[:6]}", boxes[1], ssh_server),
+        await register(engine, "a", boxes[0], rules=rules),
+        await register(engine, f"b-{uuid.uuid4().hex[:6]}", boxes[1], ssh_server, rules=rules),
     ]
     both = settings.model_copy(update={"hosts_per_site": 2})
     registry = HostRegistry(engine, both, local=LocalHost(settings.sites_root))
@@ -362,9 +370,15 @@ def install_job(site: SiteRef, certificate_id: str) -> CertificateInstallRequest
     )
 
 
-async def deploy(fleet: Fleet, site: SiteRef, generation: int, title: str) -> str:
+async def deploy(
+    fleet: Fleet, site: SiteRef, generation: int, title: str, template: str = "demo"
+) -> str:
     job = make_job(
-        site.domain, site_id=site.site_id, generation=generation, params={"title": title}
+        site.domain,
+        site_id=site.site_id,
+        generation=generation,
+        params={"title": title},
+        template=template,
     )
     await fleet.handler.deploy(job)
     outcome = fleet.publisher.events[-1]
@@ -611,6 +625,50 @@ async def test_a_mismatched_foreign_or_expired_certificate_is_refused_and_nothin
         for name in site.names:
             assert await box.served_serial(name, ca) == good.serial
         assert not (box.sites_root / ".tls" / "evil.example.net.pem").exists()
+
+
+async def test_a_site_with_its_own_nginx_rules_gets_the_same_https_acme_and_redirect(
+    engine: AsyncEngine,
+    catalog: TemplateCatalog,
+    settings: DeployerSettings,
+    site: SiteRef,
+    ca: LocalCa,
+    box_a: Box,
+    box_b: Box,
+    sshd: Sshd,
+) -> None:
+    """A single-page app (rule profile "spa", a server block of its own): its server block,
+    not the catch-all, answers its names, so it must serve ACME answers, HTTPS, the redirect
+    and HSTS itself."""
+    fleet = await make_fleet(engine, catalog, settings, [box_a, box_b], sshd, rules=True)
+    try:
+        release = await deploy(fleet, site, 10, "Spa", template="app")
+        token = "c3BhY2hhbGxlbmdldG9rZW5hYWFhYWFhYWFhYWFhYWFh"
+        await fleet.handler.acme_challenge(challenge(site, token, f"{token}.{THUMBPRINT}"))
+        issued = ca.issue(site.names)
+        await fleet.handler.install_certificate(
+            install_job(site, await store_certificate(engine, site, issued))
+        )
+        for box in (box_a, box_b):
+            # The profile's own server answers: a client-side route gets index.html.
+            route = await box.get_tls(site.domain, ca, "/app/settings")
+            assert route.status_code == 200 and release_marker(route.text) == release
+            assert route.headers["cache-control"] == "no-cache"
+            assert route.headers["strict-transport-security"] == f"max-age={HSTS_MAX_AGE}"
+            assert await box.served_serial(f"www.{site.domain}", ca) == issued.serial
+            moved = await box.get(site.domain, "/app/settings")
+            assert moved.status_code == 301
+            assert moved.headers["location"] == (
+                f"https://{site.domain}:{box.https_port}/app/settings"
+            )
+            acme = await box.get(site.domain, f"/.well-known/acme-challenge/{token}")
+            assert acme.status_code == 200 and acme.text == f"{token}.{THUMBPRINT}"
+            assert (await box.get(site.domain, "/.well-known/sitefleet-rules")).status_code == 200
+    finally:
+        await fleet.handler.remove_site(
+            SiteRemovalRequested(tenant_id="ten_1", site_id=site.site_id, domain=site.domain)
+        )
+        await fleet.registry.close()
 
 
 async def test_removing_a_site_removes_its_certificates_and_challenges(

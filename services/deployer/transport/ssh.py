@@ -181,6 +181,10 @@ class SshHost(HostTransport):
     async def remove_site(self, domain: str) -> None:
         await self._call("remove_site", domain)
 
+    @property
+    def sites_path(self) -> str:
+        return self.sites_root
+
     def site_root(self, domain: str) -> str:
         return str(PurePosixPath(self.sites_root) / check_domain(domain) / CURRENT)
 
