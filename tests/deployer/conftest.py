@@ -168,6 +168,8 @@ def domain(sites_root: Path) -> Iterator[str]:
     name = f"site-{uuid.uuid4().hex[:12]}.example.com"
     yield name
     shutil.rmtree(sites_root / name, ignore_errors=True)
+    for served in (name, f"www.{name}", f"proxy.{name}"):  # certificates (test_service.py)
+        (sites_root / ".tls" / f"{served}.pem").unlink(missing_ok=True)
 
 
 @pytest.fixture
