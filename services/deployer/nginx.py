@@ -73,8 +73,8 @@ def tls_rules(tls_listen: str, sites_root: str) -> str:
     """What a profile's server block needs to serve its site as the catch-all does over
     TLS (infra/nginx/*.template): the TLS listener with per-name certificates, the redirect
     of plain HTTP once the name has one (except ACME answers and /.well-known/sitefleet-*),
-    and the ACME challenge directory. ``$sitefleet_tls_name`` and ``$sitefleet_hsts`` are
-    the catch-all config's maps."""
+    and the ACME challenge directory. ``$sitefleet_tls_name``, ``$sitefleet_redirect_name``
+    and ``$sitefleet_hsts`` are the catch-all config's maps."""
     port = int(tls_listen.rpartition(":")[2])
     suffix = "" if port == 443 else f":{port}"
     tls = f"{sites_root}/.tls"
@@ -83,7 +83,7 @@ def tls_rules(tls_listen: str, sites_root: str) -> str:
     ssl_certificate_key {tls}/$sitefleet_tls_name.pem;
     set $sitefleet_tls_file "";
     if ($https = "") {{
-        set $sitefleet_tls_file {tls}/$host.pem;
+        set $sitefleet_tls_file {tls}/$sitefleet_redirect_name.pem;
     }}
     if ($uri ~ "^/\\.well-known/(acme-challenge/|sitefleet-)") {{
         set $sitefleet_tls_file "";

@@ -468,8 +468,9 @@ async def test_an_installed_certificate_serves_https_redirects_http_and_sends_hs
     fleet: Fleet, site: SiteRef, ca: LocalCa, box_a: Box, box_b: Box
 ) -> None:
     release = await deploy(fleet, site, 10, "Secure")
-    issued = ca.issue(site.names)
-    certificate_id = await store_certificate(fleet.engine, site, issued)
+    proxy = f"proxy.{site.domain}"
+    issued = ca.issue([*site.names, proxy])
+    certificate_id = await store_certificate(fleet.engine, site, issued, [*site.names, proxy])
     token = "Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3JhdWx0Z2FycGx5"
     await fleet.handler.acme_challenge(challenge(site, token, f"{token}.{THUMBPRINT}"))
 
@@ -497,8 +498,11 @@ async def test_an_installed_certificate_serves_https_redirects_http_and_sends_hs
         acme = await box.get(site.domain, f"/.well-known/acme-challenge/{token}")
         assert acme.status_code == 200 and acme.text == f"{token}.{THUMBPRINT}"
         assert (await box.get(site.domain, "/.well-known/sitefleet-rules")).status_code == 404
-        # proxy.<domain> has no certificate: the CDN's origin name stays on plain HTTP.
-        assert (await box.get(f"proxy.{site.domain}")).status_code == 200
+        # proxy.<domain> is the CDN's origin (it pulls over plain HTTP): served over HTTPS
+        # too, but plain HTTP is never redirected there.
+        assert await box.served_serial(proxy, ca) == issued.serial
+        origin = await box.get(proxy)
+        assert origin.status_code == 200 and release_marker(origin.text) == release
     # A redeploy's health check follows the redirect and sees the new release over HTTPS.
     second = await deploy(fleet, site, 11, "Secure again")
     for box in (box_a, box_b):
