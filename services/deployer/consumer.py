@@ -178,6 +178,11 @@ class DeployerHandler:
         publish = job.action == "publish"
         check_acme_challenge(job.token, job.key_authorization if publish else None)
         targets = await self._site_targets(job.site_id)
+        if publish and not targets:
+            raise Permanent(
+                f"site {job.site_id} is on no web host: nowhere to serve the ACME challenge",
+                code="site_not_placed",
+            )
         if publish:
             await on_every_host(
                 targets,

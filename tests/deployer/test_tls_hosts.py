@@ -720,3 +720,28 @@ def test_a_wildcard_stands_for_www_and_proxy_and_the_pem_holds_key_then_chain(
             private_key_pem=issued.key_pem,
             chain_pem=issued.chain_pem,
         )
+
+
+async def test_nothing_is_written_for_a_site_on_no_host_or_a_removed_one(
+    fleet: Fleet, site: SiteRef, ca: LocalCa, box_a: Box, box_b: Box
+) -> None:
+    token = "bm90cGxhY2VkYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFh"
+    certificate_id = await store_certificate(fleet.engine, site, ca.issue(site.names))
+    # Never deployed, and web hosts are registered: it lives nowhere yet.
+    with pytest.raises(Permanent) as nowhere:
+        await fleet.handler.acme_challenge(challenge(site, token, f"{token}.{THUMBPRINT}"))
+    assert nowhere.value.code == "site_not_placed"
+    with pytest.raises(Permanent) as nowhere:
+        await fleet.handler.install_certificate(install_job(site, certificate_id))
+    assert nowhere.value.code == "site_not_placed"
+
+    await deploy(fleet, site, 10, "Gone soon")
+    async with create_sessionmaker(fleet.engine).begin() as session:
+        row = await session.get(Site, site.site_id)
+        assert row is not None
+        row.files_removed = True
+    await fleet.handler.install_certificate(install_job(site, certificate_id))  # acked: no-op
+    assert not any(isinstance(e, CertificateInstalled) for e in fleet.publisher.events)
+    for box in (box_a, box_b):
+        assert token not in challenge_files(box)
+        assert not (box.sites_root / ".tls" / f"{site.domain}.pem").exists()
