@@ -23,6 +23,8 @@ class HostAddress:
     name: str
     http_host: str
     http_port: int
+    # Its nginx's TLS listener at http_host.
+    https_port: int
     public_addresses: tuple[str, ...]
 
 
@@ -43,6 +45,7 @@ async def site_hosts(
                 name=row.name,
                 http_host=row.http_host,
                 http_port=row.http_port,
+                https_port=row.https_port or settings.https_port,
                 public_addresses=tuple(str(a) for a in row.public_addresses or ()),
             )
             for row in rows
@@ -52,6 +55,7 @@ async def site_hosts(
             name="local",
             http_host=settings.http_host,
             http_port=settings.http_port,
+            https_port=settings.https_port,
             public_addresses=tuple(settings.web_host_addresses),
         )
     ]
@@ -74,9 +78,7 @@ async def challenge_served(
     return None
 
 
-async def served_certificate(
-    host: HostAddress, port: int, server_name: str, *, within: float
-) -> bytes:
+async def served_certificate(host: HostAddress, server_name: str, *, within: float) -> bytes:
     """The DER of the leaf certificate ``host`` presents for ``server_name`` (SNI). Nothing
     is trusted here: the caller compares it with the certificate it issued."""
     context = ssl.create_default_context()
@@ -84,7 +86,7 @@ async def served_certificate(
     context.verify_mode = ssl.CERT_NONE
     reader, writer = await asyncio.wait_for(
         asyncio.open_connection(
-            host.http_host, port, ssl=context, server_hostname=server_name.rstrip(".")
+            host.http_host, host.https_port, ssl=context, server_hostname=server_name.rstrip(".")
         ),
         within,
     )

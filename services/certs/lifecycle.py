@@ -138,14 +138,11 @@ class CertLifecycle:
             for name in row.names:
                 try:
                     der = await served_certificate(
-                        host,
-                        self.settings.https_port,
-                        name,
-                        within=self.settings.tls_check_timeout,
+                        host, name, within=self.settings.tls_check_timeout
                     )
                 except (OSError, ssl.SSLError, TimeoutError) as exc:
                     raise Unavailable(
-                        f"{host.name}:{self.settings.https_port} TLS for {name}: {exc!r}"[:500],
+                        f"{host.name}:{host.https_port} TLS for {name}: {exc!r}"[:500],
                         code="certificate_not_served",
                     ) from exc
                 if der != leaf.der:

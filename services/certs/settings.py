@@ -46,9 +46,8 @@ class CertsSettings(CommonSettings, WebHostSettings):
     # the DNS service's TXT record to be served, before the attempt fails (retried).
     challenge_timeout: float = 60.0
     challenge_poll_interval: float = 0.5
-    # The port of every web host's TLS listener (the deployer's catch-all), for the check
-    # that an installed certificate is served.
-    https_port: int = 8443
+    # Seconds per TLS handshake of the check that an installed certificate is served (at
+    # each host's web_hosts.https_port, else SITEFLEET_HTTPS_PORT).
     tls_check_timeout: float = 5.0
 
     # --- lifecycle ---

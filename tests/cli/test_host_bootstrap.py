@@ -7,6 +7,7 @@ deployed there over SSH as the deploy user and served by that nginx."""
 from __future__ import annotations
 
 import asyncio
+import grp
 import os
 import pwd
 import shutil
@@ -60,6 +61,7 @@ class Machine:
     user: str
     http_port: int
     nginx_prefix: Path
+    https_port: int
 
     def bootstrap_args(self) -> list[str]:
         conf = self.nginx_prefix / "nginx.conf"
@@ -69,6 +71,8 @@ class Machine:
             *("--deploy-user", self.user, "--deploy-home", str(self.root / "home" / self.user)),
             *("--sites-root", str(self.root / "srv" / "sites")),
             *("--listen", f"127.0.0.1:{self.http_port}"),
+            # This nginx runs its workers as nobody:nogroup (started as root, no `user`).
+            *("--https-listen", f"127.0.0.1:{self.https_port}", "--nginx-group", "nogroup"),
             *("--http", f"127.0.0.1:{self.http_port}"),
             *("--nginx-conf", str(self.nginx_prefix / "conf.d" / "sitefleet.conf")),
             *("--nginx-default-site", str(self.nginx_prefix / "sites-enabled" / "default")),
@@ -96,7 +100,7 @@ def machine() -> Iterator[Machine]:
     sshd.start()
     try:
         procs.wait_for_port(http_port, proc=nginx)
-        yield Machine(root, sshd, user, http_port, prefix)
+        yield Machine(root, sshd, user, http_port, prefix, procs.free_port())
     finally:
         sshd.stop()
         procs.stop(nginx)
@@ -138,8 +142,14 @@ async def test_bootstrap_prepares_registers_is_idempotent_and_the_host_serves_a_
     account = pwd.getpwnam(machine.user)
     assert account.pw_shell == "/bin/sh" and account.pw_uid != 0
     sites_root = machine.root / "srv" / "sites"
-    for directory in (sites_root, sites_root / ".objects"):
+    for directory in (sites_root, sites_root / ".objects", sites_root / ".acme-challenge"):
         assert directory.stat().st_uid == account.pw_uid
+    tls = (sites_root / ".tls").stat()
+    assert (tls.st_uid, tls.st_gid, tls.st_mode & 0o7777) == (
+        account.pw_uid,
+        grp.getgrnam("nogroup").gr_gid,
+        0o2750,
+    )
     assert not (machine.nginx_prefix / "sites-enabled" / "default").exists()
     assert (machine.nginx_prefix / "sites-available" / "default").exists()  # only disabled
 
