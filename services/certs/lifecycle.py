@@ -9,7 +9,7 @@ import logging
 import ssl
 from datetime import timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import and_, delete, exists, func, or_, select, update
 
 from services.certs import store
 from services.certs.hosts import served_certificate, site_hosts
@@ -194,24 +194,51 @@ class CertLifecycle:
     # --- the sweep ------------------------------------------------------------------------
 
     async def sweep(self) -> None:
-        """Renewals due, failed orders due again, orders lost on the way, expiry warnings."""
+        """Renewals due, failed orders due again, orders lost on the way, live sites with no
+        certificate (e.g. live before ACME was turned on), expiry warnings."""
         if not self.enabled:
             return
-        async with self.sessionmaker() as session:
-            # Live sites (a certificate for sites that were live before ACME was turned on)
-            # and every site with a certificate or an order.
-            site_ids = set(
-                (
-                    await session.scalars(
-                        select(Site.id).where(Site.status == "live", Site.files_removed.is_(False))
-                    )
-                ).all()
-            )
-            site_ids |= set((await session.scalars(select(Certificate.site_id).distinct())).all())
-        for site_id in sorted(site_ids):
+        for site_id in sorted(await self._sweep_candidates()):
             await self.request_if_needed(site_id, reason="renewal")
             await self._resend_install(site_id)
         await self.warn_expiring()
+
+    async def _sweep_candidates(self) -> set[str]:
+        """Only the sites that may need something (one indexed query each, not every site)."""
+        now = self.clock()
+        settings = self.settings
+        longest = max(settings.cert_retry_backoff, default=0.0)
+        lifetime = Certificate.not_after - Certificate.not_before
+        queries = [
+            select(Certificate.site_id).where(
+                Certificate.status == "installed",
+                Certificate.not_after - lifetime * settings.cert_renew_fraction <= now,
+            ),
+            select(Certificate.site_id).where(
+                Certificate.status == "failed",
+                or_(
+                    Certificate.next_attempt_at <= now,
+                    and_(
+                        Certificate.next_attempt_at.is_(None),
+                        Certificate.updated_at <= now - timedelta(seconds=longest),
+                    ),
+                ),
+            ),
+            select(Certificate.site_id).where(
+                Certificate.status.in_(store.ACTIVE),
+                Certificate.updated_at <= now - timedelta(seconds=settings.cert_stale_after),
+            ),
+            select(Site.id).where(
+                Site.status == "live",
+                Site.files_removed.is_(False),
+                ~exists().where(Certificate.site_id == Site.id, Certificate.status != "superseded"),
+            ),
+        ]
+        found: set[str] = set()
+        async with self.sessionmaker() as session:
+            for query in queries:
+                found.update((await session.scalars(query)).all())
+        return found
 
     async def _resend_install(self, site_id: str) -> None:
         """An issued certificate whose ``cert.installed`` never came (a lost job, a host
@@ -233,24 +260,25 @@ class CertLifecycle:
         now = self.clock()
         warn_by = now + timedelta(seconds=self.settings.cert_warn_before)
         repeat = now - timedelta(seconds=self.settings.cert_warn_repeat)
-        soonest: float | None = None
         async with self.sessionmaker.begin() as session:
+            soonest = await session.scalar(
+                select(func.min(Certificate.not_after)).where(Certificate.status == "installed")
+            )
+            if soonest is not None:
+                SOONEST_EXPIRY.set((soonest - now).total_seconds())
             rows = (
                 await session.scalars(
                     select(Certificate)
-                    .where(Certificate.status == "installed")
+                    .where(
+                        Certificate.status == "installed",
+                        Certificate.not_after <= warn_by,
+                        or_(Certificate.warned_at.is_(None), Certificate.warned_at <= repeat),
+                    )
                     .with_for_update(skip_locked=True)
                 )
             ).all()
             for row in rows:
-                if row.not_after is None:
-                    continue
-                left = (row.not_after - now).total_seconds()
-                soonest = left if soonest is None else min(soonest, left)
-                if row.not_after > warn_by:
-                    continue
-                if row.warned_at is not None and row.warned_at > repeat:
-                    continue
+                assert row.not_after is not None
                 pending = await store.pending_order(session, row.site_id)
                 why = (
                     f"; the last renewal failed: {pending.error.get('message')}"
@@ -273,8 +301,6 @@ class CertLifecycle:
                     )
                 )
                 row.warned_at = now
-        if soonest is not None:
-            SOONEST_EXPIRY.set(soonest)
 
 
 async def sweep_forever(lifecycle: CertLifecycle, interval: float) -> None:

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import httpx
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.certs import store
 from services.certs.acme_client import (
@@ -54,7 +56,7 @@ from shared.messages import (
     CertificateRequested,
     ErrorInfo,
 )
-from shared.models import Certificate, Site
+from shared.models import Certificate, DnsRecord, Site
 from shared.timeutil import utcnow
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,24 @@ def nameservers(settings: CertsSettings) -> list[Nameserver]:
     if settings.acme_nameservers:
         return [Nameserver.parse(s) for s in settings.acme_nameservers]
     return [Nameserver(settings.dns_host, settings.dns_port)]
+
+
+async def check_dns_ready(session: AsyncSession, site_id: str) -> None:
+    """The DNS service has published and verified the site's records (``dns_records``, read
+    only): before that an order could only fail. Not yet is Transient: a new site's DNS
+    is usually verified seconds after its first deployment, and the retry ladder's first
+    steps are short (a site whose DNS never gets there is parked: ``cert.parked``)."""
+    statuses = (
+        await session.scalars(select(DnsRecord.status).where(DnsRecord.site_id == site_id))
+    ).all()
+    if not statuses:
+        raise Unavailable("the site has no DNS records published yet", code="dns_not_ready")
+    pending = [s for s in statuses if s != "verified"]
+    if pending:
+        raise Unavailable(
+            f"{len(pending)} of the site's DNS records are not verified yet",
+            code="dns_not_ready",
+        )
 
 
 @dataclass(frozen=True)
@@ -219,6 +239,7 @@ class CertOrders:
     async def run(self, claim: Claim) -> None:
         async with self.sessionmaker() as session:
             hosts = await site_hosts(session, claim.site_id, self.settings)
+            await check_dns_ready(session, claim.site_id)
         if claim.challenge == "http-01":
             await self.preflight(claim, hosts)
         acme = await self._open_acme()
@@ -267,7 +288,11 @@ class CertOrders:
         """Raise DnsNotPointingHere unless every name resolves only to our addresses."""
         ours = {a for host in hosts for a in host.public_addresses}
         ours |= set(self.settings.acme_extra_addresses)
-        server = nameservers(self.settings)[0]
+        server = (
+            Nameserver.parse(self.settings.acme_resolver)
+            if self.settings.acme_resolver
+            else nameservers(self.settings)[0]
+        )
         problems: list[str] = []
         for name in claim.names:
             try:

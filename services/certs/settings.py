@@ -39,6 +39,10 @@ class CertsSettings(CommonSettings, WebHostSettings):
     acme_nameservers: list[str] = Field(default_factory=list)
     dns_host: str = "127.0.0.1"
     dns_port: int = 5354
+    # "host:port" of the resolver the HTTP-01 preflight asks where a site's names point.
+    # A recursive resolver sees the domain's real delegation (a domain whose NS records
+    # point elsewhere is caught); empty: the first of the authoritative servers above.
+    acme_resolver: str = ""
     # Addresses that count as "ours" besides the web hosts' public addresses, e.g. a CDN's
     # edges that pass /.well-known/acme-challenge/ through to the origin.
     acme_extra_addresses: list[str] = Field(default_factory=list)
@@ -55,7 +59,7 @@ class CertsSettings(CommonSettings, WebHostSettings):
     cert_renew_fraction: float = Field(default=1 / 3, gt=0, le=1)
     # Seconds between sweeps (renewals due, failed orders due again, expiry warnings);
     # 0 = off.
-    cert_sweep_interval: float = 3600.0
+    cert_sweep_interval: float = 300.0
     # Warn (cert.expiring) when a site's certificate expires within this many seconds and
     # no renewal has succeeded; repeated at most every cert_warn_repeat seconds.
     cert_warn_before: float = 14 * 86400.0

@@ -42,7 +42,7 @@ from shared.messages import (
     Envelope,
     Message,
 )
-from shared.models import Certificate, Site, Tenant
+from shared.models import Certificate, DnsRecord, Site, Tenant
 from shared.settings import PROJECT_ROOT
 from tests.fixtures.components import PowerDns, world_readable_tempdir
 from tests.fixtures.isolation import create_database, create_vhost, drop_database, drop_vhost
@@ -234,7 +234,9 @@ class CertsStack:
         path = self.logs / "certs.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    async def new_site(self, domain: str | None = None, *, pointing: bool = True) -> Site:
+    async def new_site(
+        self, domain: str | None = None, *, pointing: bool = True, dns_verified: bool = True
+    ) -> Site:
         domain = domain or f"s{uuid.uuid4().hex[:8]}.example"
         async with self.sessionmaker.begin() as session:
             tenant = Tenant(id=new_id("ten"), name=f"t-{uuid.uuid4().hex[:8]}")
@@ -250,6 +252,20 @@ class CertsStack:
                 status="live",
             )
             session.add(site)
+            # As the DNS service records them once served (the certs service waits for it).
+            for name in (domain, f"www.{domain}", f"proxy.{domain}"):
+                session.add(
+                    DnsRecord(
+                        site_id=site.id,
+                        tenant_id=tenant.id,
+                        zone=f"{domain}.",
+                        name=f"{name}.",
+                        type="A",
+                        content=OURS if pointing else ELSEWHERE,
+                        ttl=60,
+                        status="verified" if dns_verified else "applied",
+                    )
+                )
         await self.zones.point(domain, OURS if pointing else ELSEWHERE)
         return site
 

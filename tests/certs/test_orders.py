@@ -185,3 +185,22 @@ async def test_deployments_racing_an_order_make_one_order(stack: CertsStack) -> 
     await wait_until(answered, what="every deployment event handled")
     assert stack.pebble.orders_seen() == orders + 1
     assert [r.status for r in await stack.rows(site.id)] == ["installed"]
+
+
+async def test_no_order_before_the_sites_dns_is_verified(stack: CertsStack) -> None:
+    """The DNS service has not verified the records yet: the retry ladder waits (its first
+    steps are short), and a site whose DNS never gets there is parked with an alert."""
+    site = await stack.new_site(dns_verified=False)
+    assert stack.pebble is not None
+    orders = stack.pebble.orders_seen()
+    await stack.publisher.submit(
+        CertificateRequested(
+            tenant_id=site.tenant_id, site_id=site.id, domain=site.domain, reason="deployed"
+        )
+    )
+    parked = await stack.wait_event("cert.parked", site.id)
+    assert parked.payload["error"]["code"] == "dns_not_ready"
+    assert "3 of the site's DNS records are not verified yet" in parked.payload["error"]["message"]
+    assert stack.pebble.orders_seen() == orders
+    [row] = await stack.rows(site.id)
+    assert row.status == "failed" and row.error and row.error["code"] == "dns_not_ready"
