@@ -214,6 +214,8 @@ class CertsStack:
     logs: Path
     pebble: Pebble | None
     events: list[Envelope] = field(default_factory=list)
+    # Domains whose certificates the fake deployer claims to install but does not.
+    lie_about: set[str] = field(default_factory=set)
     jobs_seen: list[Envelope] = field(default_factory=list)
     proc: Any = None
 
@@ -319,7 +321,8 @@ class FakeDeployerAndDns:
             async with self.stack.sessionmaker() as session:
                 row = await session.get(Certificate, payload.certificate_id)
             assert row is not None and row.private_key_pem and row.certificate_pem
-            host.install(list(row.names), row.private_key_pem + row.certificate_pem)
+            if payload.domain not in self.stack.lie_about:
+                host.install(list(row.names), row.private_key_pem + row.certificate_pem)
             await self.stack.publisher.emit(
                 CertificateInstalled(
                     site_id=payload.site_id,

@@ -11,7 +11,7 @@ import pytest
 
 from cli.certs import list_certificates, request_renewal
 from shared.errors import NotFound
-from shared.messages import CertificateRequested, DeploymentSucceeded
+from shared.messages import CertificateRequested, DeploymentSucceeded, SiteFilesRemoved
 from shared.models import Site
 from shared.settings import CommonSettings
 from tests.certs.conftest import CertsStack, StackFactory
@@ -204,3 +204,33 @@ async def test_no_order_before_the_sites_dns_is_verified(stack: CertsStack) -> N
     assert stack.pebble.orders_seen() == orders
     [row] = await stack.rows(site.id)
     assert row.status == "failed" and row.error and row.error["code"] == "dns_not_ready"
+
+
+async def test_installed_means_served(stack: CertsStack) -> None:
+    """``cert.installed`` from a deployer that did not write the files: the TLS check sees
+    another certificate, so the certificate is not called installed (retried, then parked
+    with an alert); nothing announces it as issued."""
+    site = await stack.new_site()
+    stack.lie_about.add(site.domain)
+    await stack.publisher.emit(deployed(site))
+
+    parked = await stack.wait_event("cert.parked", site.id)
+    assert parked.payload["job_type"] == "cert.installed"
+    assert parked.payload["error"]["code"] == "certificate_not_served"
+    [row] = await stack.rows(site.id)
+    assert row.status == "issued" and row.installed_at is None
+    assert stack.events_of("cert.issued", site.id) == []
+
+
+async def test_removed_site_forgets_its_certificates(stack: CertsStack) -> None:
+    site = await stack.new_site()
+    await stack.publisher.emit(deployed(site))
+    await stack.wait_event("cert.issued", site.id)
+    await stack.publisher.emit(
+        SiteFilesRemoved(tenant_id=site.tenant_id, site_id=site.id, domain=site.domain)
+    )
+
+    async def forgotten() -> bool:
+        return await stack.rows(site.id) == []
+
+    await wait_until(forgotten, what="the site's certificates (and keys) deleted")
