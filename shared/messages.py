@@ -486,6 +486,14 @@ PAYLOADS: dict[str, type[Message]] = {
         DomainRenewed,
         DomainExpired,
         DomainFailed,
+        CertificateRequested,
+        AcmeHttpChallengeRequested,
+        CertificateInstallRequested,
+        AcmeDnsChallengeRequested,
+        CertificateInstalled,
+        CertificateIssued,
+        CertificateFailed,
+        CertificateExpiring,
     )
 }
 
