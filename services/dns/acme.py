@@ -107,8 +107,8 @@ def validate(job: AcmeDnsChallengeRequested) -> tuple[str, tuple[str, ...]]:
 
 
 async def check_site(session: AsyncSession, job: AcmeDnsChallengeRequested) -> str | None:
-    """The site's status; refuses a job whose site is another tenant's or on another domain
-    (reads the API's ``sites`` table)."""
+    """The site's status, None when it is gone; refuses a job whose site is another
+    tenant's or on another domain (reads the API's ``sites`` table)."""
     row = (
         await session.execute(
             select(SiteRow.tenant_id, SiteRow.domain, SiteRow.status).where(
@@ -117,7 +117,7 @@ async def check_site(session: AsyncSession, job: AcmeDnsChallengeRequested) -> s
         )
     ).first()
     if row is None:
-        raise NotFound(f"site {job.site_id} does not exist", code="site_not_found")
+        return None
     tenant_id, domain, status = row
     if tenant_id != job.tenant_id or normalize_domain(domain) != normalize_domain(job.domain):
         raise AcmeChallengeRefused(

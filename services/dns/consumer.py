@@ -33,7 +33,7 @@ from services.dns.settings import DnsSettings
 from services.dns.verification import RecordVerifier, verifier_for
 from shared.broker import Publisher
 from shared.db import SessionMaker
-from shared.errors import Permanent, SitefleetError, Transient
+from shared.errors import NotFound, Permanent, SitefleetError, Transient
 from shared.messages import (
     AcmeDnsChallengeRequested,
     DnsFailed,
@@ -137,6 +137,12 @@ class DnsJobHandler:
         not_served: AcmeChallengeNotServed | None = None
         async with self.sessionmaker() as session:
             status = await check_site(session, job)
+        if status is None:
+            if job.action == "set":
+                raise NotFound(f"site {job.site_id} does not exist", code="site_not_found")
+            # Removing the site removed its records and rows: nothing left to clear.
+            log.info("site is gone; nothing to clear", extra={"site_id": job.site_id})
+            return
         if job.action == "set":
             if status == "deleting":
                 log.info(
@@ -167,7 +173,7 @@ class DnsJobHandler:
             raise not_served
         log.info(
             "acme challenge record " + ("set" if job.action == "set" else "cleared"),
-            extra={"site_id": job.site_id, "name": job.name},
+            extra={"site_id": job.site_id, "record": job.name},
         )
 
     async def _being_deleted(self, site_id: str) -> bool:

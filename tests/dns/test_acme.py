@@ -10,11 +10,12 @@ import hashlib
 import secrets
 import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import aio_pika
 import httpx
 import pytest
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 
 from services.dns.acme import AcmeChallengeRefused
 from services.dns.cloudflare import CloudflareClient
@@ -31,6 +32,7 @@ from shared.errors import Conflict
 from shared.messages import AcmeDnsChallengeRequested, Envelope, JobParked, parse_payload
 from shared.models import DnsRecord, Tenant
 from shared.models import Site as SiteRow
+from shared.timeutil import utcnow
 from tests.dns.conftest import Dig, PowerDns, Site, add_foreign_rrset, make_settings, wait_until
 from tests.dns.test_consumer import RETRY_DELAYS
 from tests.fixtures.cloudflare_fake import FakeCloudflare
@@ -414,3 +416,54 @@ async def test_cloudflare_challenge_records_set_left_alone_and_cleared(
             # only); forget them here.
             async with sessionmaker.begin() as session:
                 await session.execute(delete(DnsRecord).where(DnsRecord.site_id == site.site_id))
+
+
+async def test_the_sweep_clears_challenge_records_whose_clear_never_came(
+    registered: Site,
+    handler: DnsJobHandler,
+    pdns_client: PowerDnsClient,
+    sessionmaker: SessionMaker,
+    dns_settings: DnsSettings,
+    amqp_url: str,
+    dig: Dig,
+) -> None:
+    site = registered
+    old, fresh = f"_acme-challenge.{site.domain}.", f"_acme-challenge.www.{site.domain}."
+    await publish_site(sessionmaker, pdns_client, site, dns_settings)
+    await handler.acme_challenge(job(site, "set", [digest()], name=old))
+    await handler.acme_challenge(job(site, "set", [digest()], name=fresh))
+    async with sessionmaker.begin() as session:  # set two days ago, never cleared
+        await session.execute(
+            update(DnsRecord)
+            .where(DnsRecord.site_id == site.site_id, DnsRecord.name == old)
+            .values(updated_at=utcnow() - timedelta(days=2))
+        )
+
+    connection = await broker.connect(amqp_url, name="tests-dns-acme-stale")
+    async with connection:
+        channel = await connection.channel()
+        await broker.declare_topology(channel, RETRY_DELAYS, dns_settings.delivery_limit)
+        publisher = await broker.Publisher.open(connection)
+        consumer = Consumer(
+            broker.DNS_JOBS,
+            DnsJobHandler(
+                sessionmaker=sessionmaker,
+                client=pdns_client,
+                publisher=publisher,
+                settings=dns_settings,
+            ),
+            publisher,
+            RETRY_DELAYS,
+        )
+        await consumer.start(await connection.channel(), prefetch=1)
+        try:
+            assert await sweep_once(sessionmaker, pdns_client, publisher, dns_settings) == 0
+            await wait_until(lambda: _gone(dig, old), f"{old} TXT cleared")
+        finally:
+            await consumer.stop(grace=10)
+    assert await _served(dig, fresh)
+    assert [name for name, *_ in await txt_rows(sessionmaker, site.site_id)] == [fresh]
+
+
+async def _gone(dig: Dig, name: str) -> bool:
+    return not await _served(dig, name)
