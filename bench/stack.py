@@ -82,7 +82,10 @@ class OurNginx:
     def __init__(self, root: Path) -> None:
         self.sites_root = root / "sites"
         self.port = procs.free_port()
-        self.proc = start_nginx(root / "nginx", port=self.port, sites_root=self.sites_root)
+        self.https_port = procs.free_port()
+        self.proc = start_nginx(
+            root / "nginx", port=self.port, sites_root=self.sites_root, https_port=self.https_port
+        )
 
     def workers(self) -> set[int]:
         return children(self.proc.pid)

@@ -27,6 +27,7 @@ async def add(
     public_addresses: Sequence[str],
     nginx_command: Sequence[str] | None = None,
     nginx_listen: str | None = None,
+    https_port: int | None = None,
 ) -> WebHost:
     """Register a host. An SSH host's key is fetched from it now and pinned, and logging in
     with ``key`` is tried: an unreachable host, or one that refuses the key, is not added."""
@@ -63,6 +64,7 @@ async def add(
                 public_addresses=list(public_addresses) or default_public,
                 nginx_command=nginx_command,
                 nginx_listen=nginx_listen,
+                https_port=https_port,
             )
     finally:
         await engine.dispose()

@@ -327,6 +327,13 @@ def host_add(
         str | None,
         typer.Option(help="the catch-all server's listen, e.g. 80 (default: the --http address)"),
     ] = None,
+    https_port: Annotated[
+        int | None,
+        typer.Option(
+            help="the port of its nginx's TLS listener at the --http address "
+            "(default: SITEFLEET_HTTPS_PORT)"
+        ),
+    ] = None,
 ) -> None:
     """Register a web host. An SSH host's key is fetched now and pinned; a host that does
     not answer (or refuses the key) is not added."""
@@ -351,6 +358,7 @@ def host_add(
                 public_addresses=public_address or [],
                 nginx_command=shlex.split(nginx_command) if nginx_command else None,
                 nginx_listen=nginx_listen,
+                https_port=https_port,
             )
         )
     except SitefleetError as exc:
@@ -384,6 +392,16 @@ def host_bootstrap(
         str | None, typer.Option(help="the object store (default: SITES_ROOT/.objects)")
     ] = None,
     listen: Annotated[str, typer.Option(help="nginx's listen: port, or address:port")] = "80",
+    https_listen: Annotated[
+        str, typer.Option(help="nginx's TLS listen: port, or address:port")
+    ] = "443",
+    hsts_max_age: Annotated[
+        int | None,
+        typer.Option(help="HSTS max-age in seconds, 0: off (default: SITEFLEET_HSTS_MAX_AGE)"),
+    ] = None,
+    nginx_group: Annotated[
+        str, typer.Option(help="the group nginx's workers run as (may read the keys)")
+    ] = "www-data",
     http: Annotated[
         str | None,
         typer.Option(help="address:port to check nginx at (default: address:listen port)"),
@@ -433,6 +451,9 @@ def host_bootstrap(
             sites_root=sites_root or settings.ssh_sites_root,
             objects_root=objects_root or settings.ssh_objects_root,
             listen=listen,
+            https_listen=https_listen,
+            hsts_max_age=settings.hsts_max_age if hsts_max_age is None else hsts_max_age,
+            nginx_group=nginx_group,
             nginx_conf=nginx_conf,
             nginx_default_site=nginx_default_site,
             nginx_command=tuple(shlex.split(nginx_command)),

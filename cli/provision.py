@@ -1,7 +1,9 @@
 """`sitefleet host bootstrap`: prepares a fresh Debian/Ubuntu web host over SSH and
 registers it — nginx and python3 installed (only if missing), an unprivileged deploy user
-with /bin/sh and the deployer's key, the sites root and object store owned by that user,
-the catch-all nginx config (infra/nginx/sitefleet-host.conf.template) checked with
+with /bin/sh and the deployer's key, the sites root, object store and ACME challenge
+directory owned by that user, ``<sites_root>/.tls`` owned by it with nginx's workers' group
+(2750: the deployer writes keys 0640 that only it and nginx's workers read), the catch-all
+nginx config with its TLS listener (infra/nginx/sitefleet-host.conf.template) checked with
 ``nginx -t`` before it stays, then a probe page fetched through nginx with a Host header,
 and the host added as ``sitefleet host add`` does, logging in as the deploy user.
 
@@ -27,9 +29,10 @@ import asyncssh
 import httpx
 from sqlalchemy import select
 
+from cli.devstack.nginx import tls_values
 from cli.hosts import connect_pinned, try_login
 from services.deployer import hosts
-from services.deployer.layout import OBJECTS, RULES
+from services.deployer.layout import ACME_CHALLENGES, OBJECTS, RULES, TLS
 from services.deployer.settings import DeployerSettings
 from shared.db import create_engine, create_sessionmaker
 from shared.errors import Conflict, Invalid, Permanent, Transient
@@ -77,6 +80,12 @@ class Plan:
     sites_root: str = "/srv/sitefleet/sites"
     objects_root: str | None = None  # None: <sites_root>/.objects
     listen: str = "80"
+    # The TLS listener (certificates per name in <sites_root>/.tls, no reload for new ones)
+    # and the HSTS max-age its answers carry (0: none).
+    https_listen: str = "443"
+    hsts_max_age: int = 0
+    # The group nginx's workers run as (Debian: www-data): it may read <sites_root>/.tls.
+    nginx_group: str = "www-data"
     nginx_conf: str = "/etc/nginx/conf.d/sitefleet.conf"
     # Debian's stock site also claims `default_server` on port 80: it is disabled (a
     # symlink, removed; its target stays in sites-available).
@@ -104,6 +113,12 @@ class Plan:
             raise Invalid(f"host name {self.name!r} must be lower-case letters, digits and -")
         if not LISTEN.match(self.listen):
             raise Invalid(f"--listen {self.listen!r} is not a port or address:port")
+        if not LISTEN.match(self.https_listen) or not 0 < self.https_port < 65536:
+            raise Invalid(f"--https-listen {self.https_listen!r} is not a port or address:port")
+        if not USER_NAME.match(self.nginx_group):
+            raise Invalid(f"--nginx-group {self.nginx_group!r} is not a group name")
+        if self.hsts_max_age < 0:
+            raise Invalid("the HSTS max-age must be 0 (off) or more seconds")
         if not self.nginx_command:
             raise Invalid("the nginx command is empty")
         paths = [self.home, self.sites_root, self.objects, self.nginx_conf, self.nginx_default_site]
@@ -114,10 +129,22 @@ class Plan:
             if not re.match(r"^[a-z0-9][a-z0-9+.-]+$", package):
                 raise Invalid(f"{package!r} is not a Debian package name")
 
-    def nginx_config(self) -> str:
+    @property
+    def https_port(self) -> int:
+        return int(self.https_listen.rsplit(":", 1)[-1])
+
+    def nginx_config(self, *, http2: bool) -> str:
         include = f"include {self.sites_root}/{RULES}/*.conf;"
         return ConfigTemplate(TEMPLATE.read_text()).substitute(
-            listen=self.listen, sites_root=self.sites_root, rule_profiles=include
+            listen=self.listen,
+            sites_root=self.sites_root,
+            rule_profiles=include,
+            **tls_values(
+                tls_listen=self.https_listen,
+                https_port=self.https_port,
+                hsts_max_age=self.hsts_max_age,
+                http2=http2,
+            ),
         )
 
 
@@ -206,6 +233,19 @@ for d in "$@"; do
   chmod 755 -- "$d"
   echo "$d"
 done
+"""
+
+# <sites_root>/.tls: the deploy user writes, nginx's workers' group reads (set-group-id, so
+# every key file gets that group). Args: user, group, dir.
+MAKE_TLS_DIR = r"""set -eu
+user=$1 group=$2 d=$3
+if [ -d "$d" ] && [ ! -L "$d" ] && [ "$(stat -c '%U %G %a' -- "$d")" = "$user $group 2750" ]; then
+  exit 0
+fi
+mkdir -p -- "$d"
+chown -- "$user:$group" "$d"
+chmod 2750 -- "$d"
+echo "$d"
 """
 
 # Replaces the config only if it differs, and keeps it only if `nginx -t` accepts it (the
@@ -300,22 +340,39 @@ async def bootstrap(
         done(
             "deployer key", changed, ("authorized " if changed else "already authorized: ") + label
         )
+        challenges = f"{plan.sites_root}/{ACME_CHALLENGES}"
         made = await remote.script(
-            "making the directories", MAKE_DIRS, plan.deploy_user, plan.sites_root, plan.objects
+            "making the directories",
+            MAKE_DIRS,
+            plan.deploy_user,
+            plan.sites_root,
+            plan.objects,
+            challenges,
         )
-        dirs = _text(made.stdout).split()
+        tls = await remote.script(
+            "making the certificates directory",
+            MAKE_TLS_DIR,
+            plan.deploy_user,
+            plan.nginx_group,
+            f"{plan.sites_root}/{TLS}",
+        )
+        dirs = _text(made.stdout).split() + _text(tls.stdout).split()
         done(
             "directories",
             bool(dirs),
-            f"made {', '.join(dirs)}" if dirs else f"{plan.sites_root} and {plan.objects} in place",
+            f"made {', '.join(dirs)}"
+            if dirs
+            else f"{plan.sites_root} (with {ACME_CHALLENGES}, {TLS}) and {plan.objects} in place",
         )
+        version = await remote.run([*plan.nginx_command, "-V"], check=False)
+        http2 = "--with-http_v2_module" in _text(version.stderr) + _text(version.stdout)
         installed = await remote.script(
             "installing the nginx config",
             INSTALL_CONFIG,
             plan.nginx_conf,
             plan.nginx_default_site,
             *plan.nginx_command,
-            stdin=plan.nginx_config(),
+            stdin=plan.nginx_config(http2=http2),
         )
         config_changed = _text(installed.stdout) == "changed"
         done(
@@ -495,6 +552,7 @@ async def _register(plan: Plan, settings: DeployerSettings) -> tuple[bool, str]:
                 public_addresses=plan.public_addresses,
                 nginx_command=plan.rules_nginx_command,
                 nginx_listen=plan.listen,
+                https_port=plan.https_port,
             )
     finally:
         await engine.dispose()

@@ -319,6 +319,8 @@ class WebHost(Base):
     # None: the host serves plain sites only.
     nginx_command: Mapped[list[Any] | None] = mapped_column(JSONB)
     nginx_listen: Mapped[str | None] = mapped_column(String(255))
+    # The port of its nginx's TLS listener at http_host; None: SITEFLEET_HTTPS_PORT.
+    https_port: Mapped[int | None] = mapped_column(Integer)
     # A disabled host gets no new sites; the sites already on it keep deploying to it.
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = _now()

@@ -53,6 +53,12 @@ class WebHostSettings(BaseSettings):
     http_port: int = 8080
     # Addresses published as `proxy.<domain> A` (the CDN's origin).
     web_host_addresses: list[str] = Field(default_factory=lambda: ["127.0.0.1"])
+    # The catch-all's TLS listener (certificates per name in <sites_root>/.tls/, issue 8);
+    # a registered web host may name its own (web_hosts.https_port). 443 in production.
+    https_port: int = Field(default=8443, gt=0, lt=65536)
+    # Strict-Transport-Security max-age (seconds) on HTTPS answers; 0: no HSTS header. Read
+    # when the nginx config is rendered (make run, host bootstrap), not per site.
+    hsts_max_age: int = Field(default=0, ge=0)
 
 
 class EdgeSettings(BaseSettings):

@@ -45,6 +45,8 @@ class DevSettings(BaseSettings):
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     api_port: int = 8000
     http_port: int = 8080
+    https_port: int = 8443
+    hsts_max_age: int = 0
     dns_port: int = 5354
     pdns_api_port: int = 8081
     pdns_api_key: str = "sitefleet-dev-key"
@@ -219,6 +221,7 @@ def run() -> int:
     for name, port in (
         ("API", s.api_port),
         ("nginx", s.http_port),
+        ("nginx TLS", s.https_port),
         ("PowerDNS", s.dns_port),
         ("PowerDNS API", s.pdns_api_port),
     ):
@@ -243,7 +246,15 @@ def run() -> int:
         asyncio.run(_ensure_database(s.database_url))
         upgrade(s.database_url)
         sites_root = var / "www" / "sites"
-        started.append(start_nginx(var / "nginx", port=s.http_port, sites_root=sites_root))
+        started.append(
+            start_nginx(
+                var / "nginx",
+                port=s.http_port,
+                sites_root=sites_root,
+                https_port=s.https_port,
+                hsts_max_age=s.hsts_max_age,
+            )
+        )
         started.append(
             start_pdns(
                 var / "pdns", dns_port=s.dns_port, api_port=s.pdns_api_port, api_key=s.pdns_api_key
@@ -254,6 +265,7 @@ def run() -> int:
             "SITEFLEET_AMQP_URL": s.amqp_url,
             "SITEFLEET_API_PORT": str(s.api_port),
             "SITEFLEET_HTTP_PORT": str(s.http_port),
+            "SITEFLEET_HTTPS_PORT": str(s.https_port),
             "SITEFLEET_DNS_PORT": str(s.dns_port),
             "SITEFLEET_SITES_ROOT": str(sites_root),
             "SITEFLEET_NGINX_COMMAND": json.dumps(nginx_command(var / "nginx")),
@@ -287,6 +299,9 @@ def run() -> int:
   API        {api}   (docs: {api}/docs)
   token      {token}   (tenant "{DEMO_TENANT}", shown once)
   the site   curl -H 'Host: {DEMO_DOMAIN}' http://127.0.0.1:{s.http_port}/
+  HTTPS      nginx also listens on 127.0.0.1:{s.https_port} with TLS; the demo has no
+             certificate (the handshake fails) unless ACME is configured, then:
+             curl --resolve {DEMO_DOMAIN}:{s.https_port}:127.0.0.1 https://{DEMO_DOMAIN}:{s.https_port}/
   its DNS    {dig} proxy.{DEMO_DOMAIN} A
              {dig} {DEMO_DOMAIN} A        (apex ALIAS, expanded)
              {dig} www.{DEMO_DOMAIN} CNAME

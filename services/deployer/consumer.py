@@ -18,9 +18,13 @@ from services.deployer.packs import PublishedPacks
 from services.deployer.release import HostTransport, check_domain
 from services.deployer.settings import DeployerSettings
 from services.deployer.target import Target
+from services.deployer.tls import check_acme_challenge, load_certificate, on_every_host
 from shared.broker import EVENTS_EXCHANGE, Publisher
 from shared.errors import Permanent, Unavailable
 from shared.messages import (
+    AcmeHttpChallengeRequested,
+    CertificateInstalled,
+    CertificateInstallRequested,
     DeploymentCancelRequested,
     DeploymentProgressed,
     DeploymentReport,
@@ -65,6 +69,10 @@ class DeployerHandler:
             await self.deploy(message)
         elif isinstance(message, SiteRemovalRequested):
             await self.remove_site(message)
+        elif isinstance(message, AcmeHttpChallengeRequested):
+            await self.acme_challenge(message)
+        elif isinstance(message, CertificateInstallRequested):
+            await self.install_certificate(message)
         else:
             raise Permanent(
                 f"the deployer does not handle {envelope.type!r} messages",
@@ -155,6 +163,82 @@ class DeployerHandler:
         )
         await self._emit(
             SiteFilesRemoved(tenant_id=job.tenant_id, site_id=job.site_id, domain=domain)
+        )
+
+    async def _site_targets(self, site_id: str) -> list[Target]:
+        if self.hosts is None:
+            return [Target.local(self.host, self.settings)]
+        return await self.hosts.targets_of_site(site_id)
+
+    async def acme_challenge(self, job: AcmeHttpChallengeRequested) -> None:
+        """Serve (or stop serving) an HTTP-01 answer on every web host of the site. Not under
+        the site's lock: it touches no file a deployment does, and the CA will not wait for
+        a long deployment to finish."""
+        domain = check_domain(job.domain)
+        publish = job.action == "publish"
+        check_acme_challenge(job.token, job.key_authorization if publish else None)
+        targets = await self._site_targets(job.site_id)
+        if publish and not targets:
+            raise Permanent(
+                f"site {job.site_id} is on no web host: nowhere to serve the ACME challenge",
+                code="site_not_placed",
+            )
+        if publish:
+            await on_every_host(
+                targets,
+                "publishing the ACME challenge",
+                lambda t: t.host.publish_challenge(domain, job.token, job.key_authorization),
+            )
+        else:
+            await on_every_host(
+                targets,
+                "withdrawing the ACME challenge",
+                lambda t: t.host.withdraw_challenge(domain, job.token),
+            )
+        log.info(
+            "ACME challenge published" if publish else "ACME challenge withdrawn",
+            extra={"site_id": job.site_id, "domain": domain, "hosts": [t.name for t in targets]},
+        )
+
+    async def install_certificate(self, job: CertificateInstallRequested) -> None:
+        """Write the certificate to every web host of the site, under the site's lock (so it
+        does not interleave with a deployment or removal of the site), then announce it."""
+        domain = check_domain(job.domain)
+        async with self.fence.site_lock(job.site_id):
+            files = await load_certificate(
+                self.fence.engine, job.certificate_id, site_id=job.site_id, domain=domain
+            )
+            if files is None:
+                return  # nothing to install (logged): the job is done
+            targets = await self._site_targets(job.site_id)
+            if not targets:
+                raise Permanent(
+                    f"site {job.site_id} is on no web host: nothing to install the certificate on",
+                    code="site_not_placed",
+                )
+            await on_every_host(
+                targets,
+                f"installing certificate {job.certificate_id}",
+                lambda t: t.host.install_certificate(domain, files.names, files.pem),
+            )
+        log.info(
+            "certificate installed",
+            extra={
+                "site_id": job.site_id,
+                "domain": domain,
+                "certificate_id": job.certificate_id,
+                "names": files.names,
+                "serial": f"{files.serial:x}",
+                "hosts": [t.name for t in targets],
+            },
+        )
+        await self._emit(
+            CertificateInstalled(
+                site_id=job.site_id,
+                domain=domain,
+                certificate_id=job.certificate_id,
+                host_ids=[t.host_id for t in targets],
+            )
         )
 
     async def report(self, event: DeploymentReport) -> None:

@@ -256,6 +256,8 @@ async def _stage_rules(
             root=target.host.site_root(domain),
             listen=target.host.nginx_listen,
             profiles_dir=settings.nginx_profiles_dir,
+            tls_listen=target.host.nginx_tls_listen,
+            sites_root=target.host.sites_path,
         )
         if rules is None and not target.host.nginx_command:
             return  # a plain site on a host without rules: nothing to remove
@@ -316,6 +318,7 @@ async def _check_everywhere(
             release_id,
             http_host=target.http_host,
             http_port=target.http_port,
+            https_port=target.https_port,
             request_timeout=settings.health_check_timeout,
         )
 

@@ -1,5 +1,11 @@
 """The post-activation health check: fetch the site's front page through nginx, as a
 visitor's request would arrive (the site's ``Host`` header), and prove it is the new release.
+
+A site with a certificate answers plain HTTP with a redirect to HTTPS: the check follows it,
+as a visitor would, to the host's TLS listener (SNI and ``Host`` = the site), so what it
+proves is what visitors are served. It does not judge the certificate (the certs service
+checks each host's with its own handshake): a release is healthy or not whatever its
+certificate's state.
 """
 
 from __future__ import annotations
@@ -22,20 +28,50 @@ async def check_release(
     http_host: str,
     http_port: int,
     request_timeout: float,
+    https_port: int | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> str | None:
     """None if the web host serves ``release_id`` for ``domain``, else what is wrong.
 
     Healthy: status 200 and, if the page carries ``<meta name="sitefleet-release">``, its
-    content is ``release_id``. Raises ``Transient`` when nginx does not answer at all (that
-    says nothing about the release).
+    content is ``release_id``. A redirect to ``https://<domain>...`` is followed to
+    ``https_port`` on ``http_host`` (when given). Raises ``Transient`` when nginx does not
+    answer at all (that says nothing about the release).
     """
-    url = f"http://{http_host}:{http_port}/"
-    try:
-        async with (
-            httpx.AsyncClient(timeout=request_timeout, transport=transport) as client,
-            client.stream("GET", url, headers={"Host": domain}) as response,
+    address = f"[{http_host}]" if ":" in http_host else http_host
+    # verify=False: the certificate is not what this check judges (module docstring).
+    async with httpx.AsyncClient(
+        timeout=request_timeout,
+        transport=transport,
+        verify=False,  # noqa: S501
+        trust_env=False,
+    ) as client:
+        url = f"http://{address}:{http_port}/"
+        response, body = await _fetch(client, url, domain)
+        location = response.headers.get("location", "")
+        if (
+            response.status_code in (301, 302, 307, 308)
+            and https_port is not None
+            and httpx.URL(location).scheme == "https"
+            and httpx.URL(location).host == domain
         ):
+            url = f"https://{address}:{https_port}/"
+            response, body = await _fetch(client, url, domain)
+    if response.status_code != 200:
+        return f"GET / with Host {domain} answered HTTP {response.status_code}, expected 200"
+    served = release_marker(body.decode(response.encoding or "utf-8", errors="replace"))
+    if served is not None and served != release_id:
+        return f"the web host serves release {served!r} for {domain}, expected {release_id!r}"
+    return None
+
+
+async def _fetch(
+    client: httpx.AsyncClient, url: str, domain: str
+) -> tuple[httpx.Response, bytearray]:
+    try:
+        async with client.stream(
+            "GET", url, headers={"Host": domain}, extensions={"sni_hostname": domain}
+        ) as response:
             body = bytearray()
             async for chunk in response.aiter_bytes():
                 body += chunk
@@ -43,16 +79,10 @@ async def check_release(
                     break
     except httpx.TransportError as exc:
         raise Transient(
-            f"the web host at {http_host}:{http_port} did not answer for {domain}: "
-            f"{type(exc).__name__}: {exc}",
+            f"the web host at {url} did not answer for {domain}: {type(exc).__name__}: {exc}",
             code="web_host_unreachable",
         ) from exc
-    if response.status_code != 200:
-        return f"GET / with Host {domain} answered HTTP {response.status_code}, expected 200"
-    served = release_marker(body.decode(response.encoding or "utf-8", errors="replace"))
-    if served is not None and served != release_id:
-        return f"the web host serves release {served!r} for {domain}, expected {release_id!r}"
-    return None
+    return response, body
 
 
 def release_marker(html: str) -> str | None:

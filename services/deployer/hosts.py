@@ -23,7 +23,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from services.deployer.nginx import valid_listen
+from services.deployer.nginx import tls_listen_for, valid_listen
 from services.deployer.release import HostTransport, LocalHost
 from services.deployer.settings import DeployerSettings
 from services.deployer.target import Target
@@ -97,6 +97,7 @@ async def add_host(
     public_addresses: Sequence[str],
     nginx_command: Sequence[str] | None = None,
     nginx_listen: str | None = None,
+    https_port: int | None = None,
 ) -> WebHost:
     """Register a web host (``ssh`` None: a local one). For SSH hosts, ``host_key`` is the
     key fetched from the server (``fetch_host_key``), pinned from now on."""
@@ -109,6 +110,8 @@ async def add_host(
         nginx_listen = nginx_listen or f"{http[0]}:{http[1]}"
     if nginx_listen is not None and not valid_listen(nginx_listen):
         raise Invalid(f"nginx listen address {nginx_listen!r} is not port, addr:port or [v6]:port")
+    if https_port is not None and not 0 < https_port < 65536:
+        raise Invalid(f"HTTPS port {https_port} is out of range", code="invalid_http_address")
     if ssh is not None and (key_path is None or host_key is None):
         raise Invalid("an SSH host needs a client key and its pinned host key")
     if await session.scalar(select(WebHost.id).where(WebHost.name == name)) is not None:
@@ -129,6 +132,7 @@ async def add_host(
         public_addresses=list(public_addresses),
         nginx_command=list(nginx_command) if nginx_command else None,
         nginx_listen=nginx_listen,
+        https_port=https_port,
         enabled=True,
     )
     session.add(host)
@@ -234,6 +238,23 @@ class HostRegistry:
         )
         return [self._target(row) for row in rows] or [self.local]
 
+    async def targets_of_site(self, site_id: str) -> list[Target]:
+        """The hosts the site lives on, placing nothing: the settings' web host while no
+        host is registered; none for a site that is on no registered host (never deployed,
+        or removed)."""
+
+        async def read(session: AsyncSession) -> tuple[list[WebHost], int]:
+            rows = await assigned_hosts(session, site_id)
+            registered = (
+                0 if rows else await session.scalar(select(func.count()).select_from(WebHost))
+            )
+            return rows, int(registered or 0)
+
+        rows, registered = await self._in_transaction("reading the site's hosts", read)
+        if rows:
+            return [self._target(row) for row in rows]
+        return [] if registered else [self.local]
+
     async def forget_site(self, site_id: str) -> None:
         """The site's files are gone from its hosts: it holds no place on them any more."""
 
@@ -259,7 +280,13 @@ class HostRegistry:
         transport = self._transports.get(row.id)
         if transport is None:
             transport = self._transports[row.id] = build_transport(row, self.settings)
-        return Target(transport, row.http_host, row.http_port)
+        return Target(
+            transport,
+            row.http_host,
+            row.http_port,
+            row.https_port or self.settings.https_port,
+            row.id,
+        )
 
 
 def build_transport(row: WebHost, settings: DeployerSettings) -> HostTransport:
@@ -270,7 +297,12 @@ def build_transport(row: WebHost, settings: DeployerSettings) -> HostTransport:
             max_links=settings.object_max_links,
         )
         local.name = row.name
-        local.configure_nginx(row.nginx_command, row.nginx_listen, settings.nginx_reload_window)
+        local.configure_nginx(
+            row.nginx_command,
+            row.nginx_listen,
+            settings.nginx_reload_window,
+            tls_listen_for(row.nginx_listen, row.https_port or settings.https_port),
+        )
         return local
     assert row.ssh_address and row.ssh_user and row.ssh_key_path and row.host_key
     remote = SshHost(
@@ -290,5 +322,10 @@ def build_transport(row: WebHost, settings: DeployerSettings) -> HostTransport:
         keepalive_count_max=settings.ssh_keepalive_count_max,
         max_channels=settings.ssh_max_channels,
     )
-    remote.configure_nginx(row.nginx_command, row.nginx_listen, settings.nginx_reload_window)
+    remote.configure_nginx(
+        row.nginx_command,
+        row.nginx_listen,
+        settings.nginx_reload_window,
+        tls_listen_for(row.nginx_listen, row.https_port or settings.https_port),
+    )
     return remote

@@ -61,12 +61,61 @@ class SiteRules:
     digest: str
 
 
+def tls_listen_for(listen: str | None, https_port: int) -> str | None:
+    """The TLS listen address beside an HTTP one: same address, the HTTPS port."""
+    if listen is None:
+        return None
+    address, colon, _ = listen.rpartition(":")
+    return f"{address}:{https_port}" if colon else str(https_port)
+
+
+def tls_rules(tls_listen: str, sites_root: str) -> str:
+    """What a profile's server block needs to serve its site as the catch-all does over
+    TLS (infra/nginx/*.template): the TLS listener with per-name certificates, the redirect
+    of plain HTTP once the name has one (except ACME answers and /.well-known/sitefleet-*),
+    and the ACME challenge directory. ``$sitefleet_tls_name``, ``$sitefleet_redirect_name``
+    and ``$sitefleet_hsts`` are the catch-all config's maps."""
+    port = int(tls_listen.rpartition(":")[2])
+    suffix = "" if port == 443 else f":{port}"
+    tls = f"{sites_root}/.tls"
+    return f"""listen {tls_listen} ssl;
+    ssl_certificate {tls}/$sitefleet_tls_name.pem;
+    ssl_certificate_key {tls}/$sitefleet_tls_name.pem;
+    set $sitefleet_tls_file "";
+    if ($https = "") {{
+        set $sitefleet_tls_file {tls}/$sitefleet_redirect_name.pem;
+    }}
+    if ($uri ~ "^/\\.well-known/(acme-challenge/|sitefleet-)") {{
+        set $sitefleet_tls_file "";
+    }}
+    if (-f $sitefleet_tls_file) {{
+        return 301 https://$host{suffix}$request_uri;
+    }}
+    location ~ "^/\\.well-known/acme-challenge/([A-Za-z0-9_-]+)$" {{
+        default_type text/plain;
+        alias {sites_root}/.acme-challenge/$1;
+    }}"""
+
+
+HSTS_HEADER = "add_header Strict-Transport-Security $sitefleet_hsts always;"
+
+
 def render_rules(
-    profile: str, *, domain: str, root: str, listen: str | None, profiles_dir: Path
+    profile: str,
+    *,
+    domain: str,
+    root: str,
+    listen: str | None,
+    profiles_dir: Path,
+    tls_listen: str | None = None,
+    sites_root: str | None = None,
 ) -> SiteRules | None:
     """The server block of ``domain`` under ``profile``, or None for ``static`` (no rules:
     the catch-all server). ``domain`` is normalized (``release.check_domain``) and
-    ``root``/``listen`` come from the host's configuration, never from a customer."""
+    ``root``/``listen`` come from the host's configuration, never from a customer; with
+    ``tls_listen`` (and the host's ``sites_root``) the block also serves HTTPS like the
+    catch-all (``tls_rules``): profiles place the ``tls`` placeholder in the server block
+    and ``hsts`` in every location that adds headers of its own (those hide the server's)."""
     if profile not in NGINX_PROFILES:
         raise Permanent(f"nginx profile {profile!r} is unknown", code="unknown_nginx_profile")
     if profile == "static":
@@ -84,7 +133,13 @@ def render_rules(
             "@{digest}",
             code="nginx_profile_invalid",
         )
-    values = {"domain": domain, "root": root, "listen": listen}
+    values = {
+        "domain": domain,
+        "root": root,
+        "listen": listen,
+        "tls": tls_rules(tls_listen, sites_root) if tls_listen and sites_root else "",
+        "hsts": HSTS_HEADER if tls_listen and sites_root else "",
+    }
     digest = hashlib.sha256(json.dumps([source, values]).encode()).hexdigest()[:16]
     return SiteRules(_ConfigTemplate(source).substitute(values, digest=digest), digest)
 

@@ -43,9 +43,13 @@ from services.deployer.layout import (
     changed_files,
     list_releases,
     make_dirs,
+    publish_challenge,
     read_current,
+    remove_tls,
+    withdraw_challenge,
+    write_certificates,
 )
-from services.deployer.nginx import ReloadCoalescer
+from services.deployer.nginx import ReloadCoalescer, tls_listen_for
 from services.deployer.nginx_rules import RulesRefused, reload_nginx, write_rules
 from services.deployer.objects import (
     DIR_MODE,
@@ -91,6 +95,9 @@ class HostTransport(abc.ABC):
     # on. None: this host serves plain sites only.
     nginx_command: list[str] | None = None
     nginx_listen: str | None = None
+    # Its catch-all's TLS listen address (issue 8), which profile server blocks share;
+    # None: rules are rendered without TLS.
+    nginx_tls_listen: str | None = None
     # Seconds: the host's nginx reloads at most once per window (nginx.ReloadCoalescer).
     reload_window: float = 2.0
     _reloads: ReloadCoalescer | None = None
@@ -104,10 +111,20 @@ class HostTransport(abc.ABC):
         return self._reloads
 
     def configure_nginx(
-        self, command: Sequence[str] | None, listen: str | None, reload_window: float
+        self,
+        command: Sequence[str] | None,
+        listen: str | None,
+        reload_window: float,
+        tls_listen: str | None = None,
     ) -> None:
         self.nginx_command = list(command) if command else None
         self.nginx_listen, self.reload_window = listen, reload_window
+        self.nginx_tls_listen = tls_listen
+
+    @property
+    @abc.abstractmethod
+    def sites_path(self) -> str:
+        """The host's sites root, as a path on the host."""
 
     @abc.abstractmethod
     def site_root(self, domain: str) -> str:
@@ -161,6 +178,21 @@ class HostTransport(abc.ABC):
     async def reload_nginx(self) -> None:
         """Reload the host's nginx now (the deploy pipeline goes through ``reloads``)."""
 
+    @abc.abstractmethod
+    async def publish_challenge(self, domain: str, token: str, key_authorization: str) -> None:
+        """Serve an HTTP-01 key authorization at /.well-known/acme-challenge/<token> for
+        any Host (layout.py). Idempotent."""
+
+    @abc.abstractmethod
+    async def withdraw_challenge(self, domain: str, token: str) -> None:
+        """Stop serving ``token``. Idempotent."""
+
+    @abc.abstractmethod
+    async def install_certificate(self, domain: str, names: list[str], pem: bytes) -> None:
+        """Write ``pem`` (private key + full chain, already checked) as ``.tls/<name>.pem``
+        for each of ``names``, each file replaced whole; nginx reads it at the next TLS
+        handshake for that name (no reload). Idempotent."""
+
     def _nginx(self) -> list[str]:
         if not self.nginx_command:
             raise Permanent(
@@ -206,9 +238,16 @@ class LocalHost(HostTransport):
             max_links=settings.object_max_links,
         )
         host.configure_nginx(
-            settings.nginx_command, settings.local_nginx_listen, settings.nginx_reload_window
+            settings.nginx_command,
+            settings.local_nginx_listen,
+            settings.nginx_reload_window,
+            tls_listen_for(settings.local_nginx_listen, settings.https_port),
         )
         return host
+
+    @property
+    def sites_path(self) -> str:
+        return str(self.sites_root)
 
     def _site_dir(self, domain: str) -> Path:
         return self.sites_root / check_domain(domain)
@@ -331,6 +370,7 @@ class LocalHost(HostTransport):
     def _remove_site(self, site_dir: Path) -> None:
         # Unlink `current` first: nginx answers 404 from this instant, whatever rmtree meets.
         (site_dir / CURRENT).unlink(missing_ok=True)
+        remove_tls(self.sites_root, site_dir.name)
         if site_dir.is_symlink():
             site_dir.unlink()
             return
@@ -363,3 +403,29 @@ class LocalHost(HostTransport):
         command = self._nginx()
         with _host_io("reloading nginx", self.name):
             await asyncio.to_thread(reload_nginx, self.sites_root, command)
+
+    async def publish_challenge(self, domain: str, token: str, key_authorization: str) -> None:
+        check_domain(domain)
+        with _host_io("publishing an ACME challenge", domain), _refused():
+            await asyncio.to_thread(
+                publish_challenge, self.sites_root, domain, token, key_authorization
+            )
+
+    async def withdraw_challenge(self, domain: str, token: str) -> None:
+        check_domain(domain)
+        with _host_io("withdrawing an ACME challenge", domain), _refused():
+            await asyncio.to_thread(withdraw_challenge, self.sites_root, domain, token)
+
+    async def install_certificate(self, domain: str, names: list[str], pem: bytes) -> None:
+        check_domain(domain)
+        with _host_io("writing the certificate", domain), _refused():
+            await asyncio.to_thread(write_certificates, self.sites_root, names, pem)
+
+
+@contextlib.contextmanager
+def _refused() -> Iterator[None]:
+    """The host-side layout functions' ``ValueError`` (a refused argument) as ``Invalid``."""
+    try:
+        yield
+    except ValueError as exc:
+        raise Invalid(str(exc), code="refused_by_host") from None

@@ -14,6 +14,10 @@ class Target:
     # Where the host's nginx answers the health check (with the site's Host header).
     http_host: str
     http_port: int
+    # Where its nginx's TLS listener answers (same address as http_host).
+    https_port: int = 8443
+    # The web_hosts row's id ("local": the settings' web host, no row).
+    host_id: str = "local"
 
     @property
     def name(self) -> str:
@@ -22,4 +26,4 @@ class Target:
     @classmethod
     def local(cls, host: HostTransport, settings: DeployerSettings) -> Target:
         """The web host of the settings (used while no web host is registered)."""
-        return cls(host, settings.http_host, settings.http_port)
+        return cls(host, settings.http_host, settings.http_port, settings.https_port)

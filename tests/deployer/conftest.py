@@ -134,14 +134,16 @@ class Nginx:
     proc: subprocess.Popen[bytes]
     # argv running this nginx, for per-site rules (nginx -t, -s reload).
     command: list[str]
+    # Its TLS listener (certificates from <sites_root>/.tls, per handshake).
+    https_port: int = 0
 
 
 @pytest.fixture(scope="session")
 def nginx(tmp_path_factory: pytest.TempPathFactory, sites_root: Path) -> Iterator[Nginx]:
-    port = procs.free_port()
+    port, https_port = procs.free_port(), procs.free_port()
     prefix = tmp_path_factory.mktemp("nginx")
-    proc = start_nginx(prefix, port=port, sites_root=sites_root)
-    yield Nginx(port=port, proc=proc, command=nginx_command(prefix))
+    proc = start_nginx(prefix, port=port, sites_root=sites_root, https_port=https_port)
+    yield Nginx(port=port, proc=proc, command=nginx_command(prefix), https_port=https_port)
     procs.stop(proc)
 
 
@@ -166,6 +168,8 @@ def domain(sites_root: Path) -> Iterator[str]:
     name = f"site-{uuid.uuid4().hex[:12]}.example.com"
     yield name
     shutil.rmtree(sites_root / name, ignore_errors=True)
+    for served in (name, f"www.{name}", f"proxy.{name}"):  # certificates (test_service.py)
+        (sites_root / ".tls" / f"{served}.pem").unlink(missing_ok=True)
 
 
 @pytest.fixture
@@ -181,6 +185,7 @@ def settings(
         sites_root=sites_root,
         http_host="127.0.0.1",
         http_port=nginx.port,
+        https_port=nginx.https_port,
         work_root=tmp_path / "work",
         templates_dir=templates_dir,
         keep_releases=3,

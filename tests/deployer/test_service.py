@@ -5,6 +5,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -13,21 +14,25 @@ from pathlib import Path
 import aio_pika
 import pytest
 from aio_pika.abc import AbstractQueue, AbstractRobustConnection
+from cryptography import x509
 from sqlalchemy import delete
 
 from services.deployer.health import release_marker
-from shared.broker import API_EVENTS, DEPLOYER_JOBS, Publisher, declare_topology
+from shared.broker import API_EVENTS, CERTS_EVENTS, DEPLOYER_JOBS, Publisher, declare_topology
 from shared.db import create_engine, create_sessionmaker
 from shared.ids import new_id
 from shared.messages import (
+    AcmeHttpChallengeRequested,
+    CertificateInstallRequested,
     DeploymentRequested,
     Envelope,
     SiteRemovalRequested,
 )
-from shared.models import Deployment, Site, TemplateVersion, Tenant
+from shared.models import Certificate, Deployment, Site, TemplateVersion, Tenant
 from shared.settings import PROJECT_ROOT
 from shared.template_packs import load_pack
-from tests.deployer.conftest import Fetch
+from tests.deployer.conftest import Fetch, Nginx
+from tests.deployer.test_tls_hosts import THUMBPRINT, LocalCa
 
 pytestmark = pytest.mark.slow
 
@@ -82,6 +87,7 @@ def settings_env(settings, tmp_path: Path) -> dict[str, str]:  # type: ignore[no
         "SITEFLEET_SITES_ROOT": str(settings.sites_root),
         "SITEFLEET_HTTP_HOST": settings.http_host,
         "SITEFLEET_HTTP_PORT": str(settings.http_port),
+        "SITEFLEET_HTTPS_PORT": str(settings.https_port),
         "SITEFLEET_WORK_ROOT": str(tmp_path / "work"),
         "SITEFLEET_TEMPLATES_DIR": str(settings.templates_dir),
         "SITEFLEET_LOG_LEVEL": "INFO",
@@ -235,4 +241,78 @@ async def test_a_job_for_an_unknown_template_fails_and_is_not_parked(
     assert await asyncio.to_thread(service.wait, DEADLINE) == 0
     parked = await (await broker.channel()).get_queue(DEPLOYER_JOBS.parked)
     assert await parked.get(no_ack=True, fail=False) is None
+    await publisher.channel.close()
+
+
+async def test_the_service_serves_acme_answers_and_installs_certificates_from_the_queue(
+    broker: AbstractRobustConnection,
+    service: subprocess.Popen[bytes],
+    site_rows: dict[str, str],
+    domain: str,
+    fetch: Fetch,
+    nginx: Nginx,
+    database_url: str,
+    tmp_path: Path,
+) -> None:
+    publisher = await Publisher.open(broker)
+    certs_events = await (await broker.channel()).get_queue(CERTS_EVENTS.name)
+    token = "c2VydmljZXRlc3R0b2tlbmFhYWFhYWFhYWFhYWFhYWFh"
+    path = f"/.well-known/acme-challenge/{token}"
+    await publisher.submit(
+        AcmeHttpChallengeRequested(
+            site_id=site_rows["site_id"],
+            domain=domain,
+            token=token,
+            key_authorization=f"{token}.{THUMBPRINT}",
+            action="publish",
+        )
+    )
+    async with asyncio.timeout(DEADLINE):
+        while (answer := await fetch(domain, path)).status_code != 200:
+            await asyncio.sleep(0.05)
+    assert answer.text == f"{token}.{THUMBPRINT}"
+
+    ca = LocalCa(tmp_path)
+    issued = ca.issue([domain, f"www.{domain}"])
+    certificate_id = new_id("cert")
+    engine = create_engine(database_url, application_name="sitefleet-deployer-tests")
+    async with create_sessionmaker(engine).begin() as session:
+        session.add(
+            Certificate(
+                id=certificate_id,
+                site_id=site_rows["site_id"],
+                tenant_id=site_rows["tenant_id"],
+                domain=domain,
+                names=[domain, f"www.{domain}"],
+                challenge="http-01",
+                status="issued",
+                private_key_pem=issued.key_pem,
+                certificate_pem=issued.chain_pem,
+            )
+        )
+    await engine.dispose()
+    await publisher.submit(
+        CertificateInstallRequested(
+            site_id=site_rows["site_id"], domain=domain, certificate_id=certificate_id
+        )
+    )
+    installed = await next_event(certs_events, "cert.installed")
+    assert installed.payload["certificate_id"] == certificate_id
+    assert installed.payload["host_ids"] == ["local"]
+
+    def handshake() -> bytes:
+        with (
+            socket.create_connection(("127.0.0.1", nginx.https_port), timeout=5) as sock,
+            ca.context().wrap_socket(sock, server_hostname=f"www.{domain}") as tls,
+        ):
+            der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        return der
+
+    served = x509.load_der_x509_certificate(await asyncio.to_thread(handshake))
+    assert served.serial_number == issued.serial
+    parked = await (await broker.channel()).get_queue(DEPLOYER_JOBS.parked)
+    assert await parked.get(no_ack=True, fail=False) is None
+    service.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(service.wait, DEADLINE) == 0
     await publisher.channel.close()

@@ -50,7 +50,11 @@ from services.deployer.layout import (
     changed_files,
     list_releases,
     make_dirs,
+    publish_challenge,
     read_current,
+    remove_tls,
+    withdraw_challenge,
+    write_certificates,
 )
 from services.deployer.nginx_rules import RulesRefused, reload_nginx, write_rules
 from services.deployer.objects import (
@@ -164,6 +168,16 @@ def serve(request: dict[str, Any], stdin: IO[bytes], stdout: IO[bytes]) -> Any:
             request["domain"], request["rules"], request["nginx_command"]
         ),
         "reload_nginx": lambda: reload_nginx(sites.sites_root, _argv(request["nginx_command"])),
+        "publish_challenge": lambda: publish_challenge(
+            sites.sites_root,
+            sites._site_dir(request["domain"]).name,
+            request["token"],
+            request["key_authorization"],
+        ),
+        "withdraw_challenge": lambda: withdraw_challenge(
+            sites.sites_root, sites._site_dir(request["domain"]).name, request["token"]
+        ),
+        "install_certificate": lambda: sites.install_certificate(request["names"], request["pem"]),
     }
     if op not in handlers:
         raise ValueError(f"unknown operation {op!r}")
@@ -292,6 +306,7 @@ class SiteFiles:
         site_dir = self._site_dir(domain)
         # `current` first: nginx answers 404 from this instant, whatever rmtree meets.
         (site_dir / CURRENT).unlink(missing_ok=True)
+        remove_tls(self.sites_root, site_dir.name)
         if site_dir.is_symlink():
             site_dir.unlink()
         elif site_dir.exists():
@@ -307,6 +322,13 @@ class SiteFiles:
 
     def collect_garbage(self) -> list[str]:
         return self.store.collect()
+
+    def install_certificate(self, names: object, pem: object) -> None:
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError("names must be a list of host names")
+        if not isinstance(pem, str):
+            raise ValueError("pem must be text")
+        write_certificates(self.sites_root, names, pem.encode())
 
     def _delete_trees(self, trees: list[Path]) -> None:
         freed = self.store.freed_by(trees)

@@ -181,6 +181,10 @@ class SshHost(HostTransport):
     async def remove_site(self, domain: str) -> None:
         await self._call("remove_site", domain)
 
+    @property
+    def sites_path(self) -> str:
+        return self.sites_root
+
     def site_root(self, domain: str) -> str:
         return str(PurePosixPath(self.sites_root) / check_domain(domain) / CURRENT)
 
@@ -197,6 +201,18 @@ class SshHost(HostTransport):
 
     async def reload_nginx(self) -> None:
         await self._call("reload_nginx", None, nginx_command=self._nginx())
+
+    async def publish_challenge(self, domain: str, token: str, key_authorization: str) -> None:
+        await self._call(
+            "publish_challenge", domain, token=token, key_authorization=key_authorization
+        )
+
+    async def withdraw_challenge(self, domain: str, token: str) -> None:
+        await self._call("withdraw_challenge", domain, token=token)
+
+    async def install_certificate(self, domain: str, names: list[str], pem: bytes) -> None:
+        # PEM is ASCII; the key travels inside the SSH channel, never on a command line.
+        await self._call("install_certificate", domain, names=names, pem=pem.decode("ascii"))
 
     async def collect_garbage(self) -> list[str]:
         """Scan the host's whole store for objects no release uses (see ``LocalHost``)."""
