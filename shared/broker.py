@@ -7,7 +7,8 @@ consumer starts is unroutable):
                               --dns.*, domain.*-->       dns.jobs
     sitefleet.events (topic)  --deployment.*, site.*, dns.*, domain.*, rollout.*-->  api.events
                               --*.failed, *.parked, *.succeeded, dns.drift,
-                                dns.halted, rollout.halted, cert.expiring--> notifier.events
+                                dns.halted, rollout.halted, cert.expiring,
+                                cert.issued-->                              notifier.events
                               --deployment.succeeded-->                    dns.events
                               --deployment.succeeded, cert.installed,
                                 site.files_removed-->                      certs.events
@@ -78,6 +79,8 @@ NOTIFIER_EVENTS = QueueSpec(
         "dns.halted",
         "rollout.halted",
         "cert.expiring",
+        # A certificate issued resolves the site's open cert alerts, like *.succeeded.
+        "cert.issued",
     ),
 )
 # The DNS/CDN service purges a site's CDN cache once a deployment is live.

@@ -19,6 +19,9 @@ def main() -> None:
         log_config=None,
         access_log=False,
         proxy_headers=False,
+        # SIGTERM: stop accepting, let the requests in flight finish (then the lifespan's
+        # shutdown drains the event consumer and the outbox relay: services/api/app.py).
+        timeout_graceful_shutdown=settings.api_shutdown_grace,
     )
 
 

@@ -84,19 +84,33 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         http = httpx.AsyncClient()
         registrar = open_registrar(settings, sessionmaker=sessionmaker, http=http)
         app.state.sitefleet = AppState(settings, sessionmaker, catalog, relay, link, registrar)
-        tasks = [
-            asyncio.create_task(relay.run()),
-            asyncio.create_task(link.run()),
+        relaying = asyncio.create_task(relay.run())
+        linked = asyncio.create_task(link.run())
+        loops = [
             asyncio.create_task(reap_forever(sessionmaker, settings, relay)),
             asyncio.create_task(driver.run()),
         ]
         try:
             yield
         finally:
-            await link.close()
-            for task in tasks:
+            # Shutdown (SIGTERM): uvicorn has stopped accepting and finished the requests
+            # in flight. Stop taking events, stop the loops that write outbox rows (their
+            # transactions roll back whole), let the relay publish what is pending, and
+            # only then drop the broker connection.
+            await link.stop_consuming()
+            for task in loops:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*loops, return_exceptions=True)
+            relay.stop()
+            try:
+                await asyncio.wait_for(asyncio.shield(relaying), settings.api_shutdown_grace)
+            except TimeoutError:
+                log.warning("outbox relay still busy at shutdown; the next API publishes the rest")
+                relaying.cancel()
+                await asyncio.gather(relaying, return_exceptions=True)
+            await link.close()
+            linked.cancel()
+            await asyncio.gather(linked, return_exceptions=True)
             await http.aclose()
             await engine.dispose()
 

@@ -48,6 +48,11 @@ class BrokerLink:
         self.relay.publisher = None
         self.publisher.detach()
 
-    async def close(self) -> None:
+    async def stop_consuming(self) -> None:
+        """Take no more events; those in hand get a few seconds to be recorded (the rest
+        go back to the queue when the connection closes)."""
         await self.consumer.stop(grace=5)
+
+    async def close(self) -> None:
+        """Detach the publisher (after ``stop_consuming`` and the relay's last pass)."""
         self._on_disconnect()

@@ -50,30 +50,42 @@ class Relay:
         self.keep_published = keep_published
         self.publisher: Publisher | None = None
         self._wake = asyncio.Event()
+        self._stopping = False
 
     def wake(self) -> None:
         """Called after a commit that wrote outbox rows: publish now, not at the next poll."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Ask ``run`` to return: it finishes the pass in hand, makes one more over what is
+        still pending (the rows of the last requests), and returns. Cancelling ``run``
+        instead could cut a pass between the broker's confirms and the commit that marks
+        the rows published, and those rows would be published again after a restart."""
+        self._stopping = True
         self._wake.set()
 
     async def run(self) -> None:
         last_cleanup = 0.0
         loop = asyncio.get_running_loop()
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
-            except TimeoutError:
-                pass
-            self._wake.clear()
-            if self.publisher is None:
-                continue
-            try:
-                while await self.publish_pending(self.publisher) == self.batch:
+            stopping = self._stopping
+            if not stopping:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                except TimeoutError:
                     pass
-                if loop.time() - last_cleanup > 300:
-                    await self.delete_published()
-                    last_cleanup = loop.time()
-            except Exception as exc:  # broker or database down: try again at the next poll
-                log.warning("outbox relay pass failed", extra={"error": repr(exc)})
+            self._wake.clear()
+            if self.publisher is not None:
+                try:
+                    while await self.publish_pending(self.publisher) == self.batch:
+                        pass
+                    if not stopping and loop.time() - last_cleanup > 300:
+                        await self.delete_published()
+                        last_cleanup = loop.time()
+                except Exception as exc:  # broker or database down: try again next poll
+                    log.warning("outbox relay pass failed", extra={"error": repr(exc)})
+            if stopping:
+                return
 
     async def publish_pending(self, publisher: Publisher) -> int:
         """Publish one batch; returns how many rows were pending in it."""

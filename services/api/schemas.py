@@ -105,6 +105,25 @@ class SiteUrls(BaseModel):
     origin: str
 
 
+# README "HTTPS": pending (no certificate yet, or the first order in progress), active
+# (a valid certificate is served), renewing (valid, a newer order in progress or being
+# retried: ``error`` says why when it failed), failed (no valid certificate and the newest
+# order failed), expired (the certificate served has expired).
+TlsStatus = Literal["pending", "active", "renewing", "failed", "expired"]
+
+
+class TlsError(BaseModel):
+    code: str
+    message: str
+
+
+class TlsRead(BaseModel):
+    status: TlsStatus = "pending"
+    expires_at: datetime | None = None
+    issuer: str | None = None
+    error: TlsError | None = None
+
+
 class SiteRead(BaseModel):
     id: str
     domain: str
@@ -117,6 +136,7 @@ class SiteRead(BaseModel):
     created_at: datetime
     updated_at: datetime
     urls: SiteUrls
+    tls: TlsRead = Field(default_factory=TlsRead)
 
 
 # --- deployments ------------------------------------------------------------------------

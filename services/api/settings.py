@@ -16,6 +16,10 @@ class ApiSettings(CommonSettings, WebHostSettings, DomainSettings):
     outbox_batch: int = 200
     # How long a publish may wait for the broker's confirm before the relay retries it.
     publish_timeout: float = 10.0
+    # On SIGTERM: seconds the requests in flight may take to finish, and then again the
+    # seconds the outbox relay may take to publish what is still pending, before the
+    # process exits anyway (what is left is published by the next API process).
+    api_shutdown_grace: int = 20
     # A deployment with no outcome after this long is failed and announced (the reaper).
     deployment_timeout: float = 1800.0
     reaper_interval: float = 30.0

@@ -14,7 +14,7 @@ from services.api import outbox
 from services.api.deployments import rollback_target
 from services.api.domains import refuse_foreign_claim
 from services.api.identity import Principal
-from services.api.schemas import SiteCreate, SiteRead, SiteUpdate, SiteUrls
+from services.api.schemas import SiteCreate, SiteRead, SiteUpdate, SiteUrls, TlsRead
 from services.api.template_registry import resolve_pack
 from shared.domains import normalize_domain
 from shared.errors import Conflict, Invalid, NotFound
@@ -30,7 +30,8 @@ from shared.template_packs import TemplateCatalog, TemplatePack, validate_params
 from shared.timeutil import utcnow
 
 
-def site_read(site: Site) -> SiteRead:
+def site_read(site: Site, tls: TlsRead | None = None) -> SiteRead:
+    """The site object; ``tls`` from services/api/tls.py (a new site has none: pending)."""
     return SiteRead(
         id=site.id,
         domain=site.domain,
@@ -43,6 +44,7 @@ def site_read(site: Site) -> SiteRead:
         created_at=site.created_at,
         updated_at=site.updated_at,
         urls=SiteUrls(site=f"https://{site.domain}", origin=f"http://proxy.{site.domain}"),
+        tls=tls or TlsRead(),
     )
 
 

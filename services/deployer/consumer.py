@@ -209,11 +209,7 @@ class DeployerHandler:
                 self.fence.engine, job.certificate_id, site_id=job.site_id, domain=domain
             )
             if files is None:
-                log.info(
-                    "certificate not installed: the site is gone",
-                    extra={"site_id": job.site_id, "certificate_id": job.certificate_id},
-                )
-                return
+                return  # nothing to install (logged): the job is done
             targets = await self._site_targets(job.site_id)
             if not targets:
                 raise Permanent(

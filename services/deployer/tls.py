@@ -167,7 +167,9 @@ def _covers(patterns: list[str], name: str) -> bool:
 async def load_certificate(
     engine: AsyncEngine, certificate_id: str, *, site_id: str, domain: str
 ) -> CertificateFiles | None:
-    """The checked files of ``certificate_id``; None if the site is gone (nothing to do).
+    """The checked files of ``certificate_id``; None when there is nothing to install: the
+    site is gone, or the certificate was superseded (a newer one of the site is already
+    installed: a late retry of an older install must not put the older one back).
     ``NotFound``/``Permanent`` for a row that is missing, another site's, or unusable."""
     try:
         async with engine.connect() as conn:
@@ -179,6 +181,8 @@ async def load_certificate(
                             Certificate.site_id,
                             Certificate.domain,
                             Certificate.names,
+                            Certificate.status,
+                            Certificate.created_at,
                             Certificate.private_key_pem,
                             Certificate.certificate_pem,
                         ).where(Certificate.id == certificate_id)
@@ -189,11 +193,26 @@ async def load_certificate(
                         select(Site.domain, Site.files_removed).where(Site.id == site_id)
                     )
                 ).one_or_none()
+                newer = None
+                if row is not None:
+                    newer = await conn.scalar(
+                        select(Certificate.id)
+                        .where(
+                            Certificate.site_id == site_id,
+                            Certificate.status == "installed",
+                            Certificate.created_at > row.created_at,
+                        )
+                        .limit(1)
+                    )
     except (SQLAlchemyError, OSError) as exc:
         raise Unavailable(
             f"reading certificate {certificate_id} failed: the database is unavailable: {exc}"
         ) from exc
     if site is None or site.files_removed:
+        log.info(
+            "certificate not installed: the site is gone",
+            extra={"site_id": site_id, "certificate_id": certificate_id},
+        )
         return None
     if row is None:
         raise NotFound(f"no certificate {certificate_id}", code="certificate_not_found")
@@ -202,6 +221,12 @@ async def load_certificate(
             f"certificate {certificate_id} is not for site {site_id} ({domain})",
             code="certificate_name_foreign",
         )
+    if row.status == "superseded" or newer is not None:
+        log.info(
+            "certificate not installed: superseded by a newer one",
+            extra={"site_id": site_id, "certificate_id": certificate_id, "newer": newer},
+        )
+        return None
     if not row.private_key_pem or not row.certificate_pem:
         raise Permanent(
             f"certificate {certificate_id} has no key or chain yet", code="invalid_certificate"

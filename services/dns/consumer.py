@@ -8,6 +8,11 @@ Outcomes (acks, retries and parking are shared/consumer.py's job):
         Transient provider error: roll back, raise (retry with backoff).
         any other Sitefleet error: roll back, emit dns.failed, raise (parked).
     dns.removal_requested    -> remove_site, commit, emit dns.records_removed.
+    dns.acme_challenge_requested -> set/clear the DNS-01 TXT RRset (services/dns/acme.py)
+        through the same one consumer, so the one writer per backend holds; ack once set
+        and served (or cleared). Bad name/values, another tenant's site, a foreign record
+        at the name: nothing written, parked (dns.parked). Not served yet: commit the rows,
+        retry. The certs service checks the authoritative servers itself; no event here.
 The CDN provider's setup for the site (e.g. a bunny.net pull zone) comes before its records.
 """
 
@@ -18,17 +23,19 @@ import time
 
 from sqlalchemy import select
 
+from services.dns.acme import AcmeChallengeNotServed, apply_challenge, check_site, validate
 from services.dns.cdn import CdnProvider
 from services.dns.domains import DomainPurchases, publication_allowed
-from services.dns.metrics import CHANGES, RECONCILES, VERIFY_SECONDS
+from services.dns.metrics import ACME_CHALLENGES, CHANGES, RECONCILES, VERIFY_SECONDS
 from services.dns.provider import DnsProvider
-from services.dns.reconcile import DnsNotVerified, apply_site, remove_site
+from services.dns.reconcile import DnsNotVerified, apply_site, remove_site, site_owner
 from services.dns.settings import DnsSettings
 from services.dns.verification import RecordVerifier, verifier_for
 from shared.broker import Publisher
 from shared.db import SessionMaker
-from shared.errors import Permanent, SitefleetError, Transient
+from shared.errors import NotFound, Permanent, SitefleetError, Transient
 from shared.messages import (
+    AcmeDnsChallengeRequested,
     DnsFailed,
     DnsReconcileRequested,
     DnsRecordsRemoved,
@@ -68,6 +75,8 @@ class DnsJobHandler:
             await self.reconcile(payload)
         elif isinstance(payload, DnsRemovalRequested):
             await self.remove(payload)
+        elif isinstance(payload, AcmeDnsChallengeRequested):
+            await self.acme_challenge(payload)
         elif isinstance(payload, DomainRegisterRequested) and self.purchases is not None:
             await self.purchases.register(payload)
         else:
@@ -122,6 +131,50 @@ class DnsJobHandler:
             reasons = "; ".join(b.reason for b in result.blocked)
             log.warning("dns records blocked", extra={"site_id": job.site_id, "error": reasons})
             await self._emit_failed(job, "dns_record_conflict", reasons)
+
+    async def acme_challenge(self, job: AcmeDnsChallengeRequested) -> None:
+        validate(job)  # a bad name or value is refused before anything is read or written
+        not_served: AcmeChallengeNotServed | None = None
+        async with self.sessionmaker() as session:
+            status = await check_site(session, job)
+        if status is None:
+            if job.action == "set":
+                raise NotFound(f"site {job.site_id} does not exist", code="site_not_found")
+            # Removing the site removed its records and rows: nothing left to clear.
+            log.info("site is gone; nothing to clear", extra={"site_id": job.site_id})
+            return
+        if job.action == "set":
+            if status == "deleting":
+                log.info(
+                    "site is being deleted; no challenge record", extra={"site_id": job.site_id}
+                )
+                return
+            if not await publication_allowed(
+                self.sessionmaker, self.settings, tenant_id=job.tenant_id, domain=job.domain
+            ):
+                raise Permanent(
+                    f"{job.domain} is not verified for the tenant; its zone is not published",
+                    code="domain_not_verified",
+                )
+        async with self.sessionmaker.begin() as session:
+            try:
+                await apply_challenge(
+                    session,
+                    self.client,
+                    job,
+                    owner=site_owner(job.site_id),
+                    settings=self.settings,
+                    verifier=self.verifier,
+                )
+            except AcmeChallengeNotServed as exc:
+                not_served = exc  # keep the applied rows: leave the block normally
+        ACME_CHALLENGES.labels(job.action, "retry" if not_served else "done").inc()
+        if not_served is not None:
+            raise not_served
+        log.info(
+            "acme challenge record " + ("set" if job.action == "set" else "cleared"),
+            extra={"site_id": job.site_id, "record": job.name},
+        )
 
     async def _being_deleted(self, site_id: str) -> bool:
         """Reads the API's ``sites`` row: a reconcile that arrives after the removal was

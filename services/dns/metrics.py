@@ -24,3 +24,8 @@ HALTED = Counter(
     "sitefleet_dns_runs_halted_total", "Runs halted by a safety limit, by limit", ["limit"]
 )
 PURGES = Counter("sitefleet_cdn_purges_total", "CDN purges, by provider", ["provider"])
+ACME_CHALLENGES = Counter(
+    "sitefleet_dns_acme_challenges_total",
+    "DNS-01 challenge TXT jobs, by action (set/clear) and outcome (done/retry)",
+    ["action", "outcome"],
+)

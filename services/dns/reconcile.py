@@ -19,7 +19,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from sqlalchemy import delete, func, tuple_, update
+from sqlalchemy import and_, delete, func, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -32,7 +32,14 @@ from services.dns.provider import (
     Zone,
     ZoneRRset,
 )
-from services.dns.records import CdnTargets, RRset, desired_rrsets, zone_of
+from services.dns.records import (
+    ACME_LABEL,
+    CdnTargets,
+    RRset,
+    desired_rrsets,
+    is_acme_challenge,
+    zone_of,
+)
 from services.dns.safety import check_zone_limits
 from services.dns.settings import DnsSettings
 from services.dns.verification import RecordVerifier, verifier_for
@@ -153,17 +160,19 @@ def compute_plan(
             replace.append(rrset)
 
     wanted = {r.key for r in desired}
-    stale = sorted(
-        (z.rrset for z in current.values() if z.owner == owner and z.key not in wanted),
-        key=lambda r: r.key,
-    )
+    # DNS-01 challenge TXT RRsets are ours too but set and cleared by services/dns/acme.py
+    # alone: never stale here, never counted as the site's records for the safety limits.
+    owned = {
+        z.key: z for z in current.values() if z.owner == owner and not is_acme_challenge(*z.key)
+    }
+    stale = sorted((z.rrset for z in owned.values() if z.key not in wanted), key=lambda r: r.key)
     return Plan(
         zone=zone,
         desired=desired,
         replace=tuple(replace),
         delete=tuple(stale),
         blocked=tuple(blocked),
-        owned_contents={z.key: z.rrset.contents for z in current.values() if z.owner == owner},
+        owned_contents={key: z.rrset.contents for key, z in owned.items()},
     )
 
 
@@ -287,7 +296,8 @@ async def _sync_rows(
     errors: Mapping[tuple[str, str], str],
 ) -> None:
     """One ``dns_records`` row per desired record: ``applied``, or ``error`` with the reason
-    when blocked; rows of records no longer desired are dropped."""
+    when blocked; rows of records no longer desired are dropped, except DNS-01 challenge
+    rows (services/dns/acme.py keeps those)."""
     rows = [
         {
             "site_id": site_id,
@@ -308,6 +318,10 @@ async def _sync_rows(
         delete(DnsRecord).where(
             DnsRecord.site_id == site_id,
             tuple_(DnsRecord.name, DnsRecord.type, DnsRecord.content).not_in(keep),
+            ~and_(
+                DnsRecord.type == "TXT",
+                DnsRecord.name.startswith(ACME_LABEL + ".", autoescape=True),
+            ),
         )
     )
     stmt = insert(DnsRecord).values(rows)

@@ -17,6 +17,9 @@ from shared.errors import Invalid
 # Types whose content is a single domain name (compared case-insensitively, dot-terminated).
 NAME_TYPES = frozenset({"ALIAS", "CNAME", "DNAME", "NS", "PTR"})
 ADDRESS_TYPES = frozenset({"A", "AAAA"})
+# DNS-01 challenge names (RFC 8555 §8.4); their TXT RRsets are set and cleared by
+# services/dns/acme.py alone, never by reconcile or the drift sweep.
+ACME_LABEL = "_acme-challenge"
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,11 @@ class RecordSettings(Protocol):
 def fqdn(name: str) -> str:
     """``Example.COM`` -> ``example.com.``"""
     return name.strip().lower().rstrip(".") + "."
+
+
+def is_acme_challenge(name: str, rtype: str) -> bool:
+    """Whether (``name``, ``rtype``) is a DNS-01 challenge RRset (normalized name)."""
+    return rtype == "TXT" and name.startswith(ACME_LABEL + ".")
 
 
 def normalize_content(rtype: str, content: str) -> str:

@@ -37,6 +37,12 @@ class DnsSettings(CommonSettings, WebHostSettings, EdgeSettings, DomainSettings)
     verify_interval: float = 0.5
     # Seconds to wait for one DNS answer.
     verify_timeout: float = 2.0
+    # TTL of DNS-01 challenge TXT records (short: a CA and resolvers must see a new value
+    # soon, and a cleared one must not linger in caches).
+    acme_txt_ttl: int = 60
+    # Challenge records left this many seconds after they were set (the certs service never
+    # sent the clear) are cleared by the drift sweep; 0 = never.
+    acme_txt_max_age: float = 86400.0
     # Seconds between drift sweeps (every site's records compared with PowerDNS); 0 = off.
     drift_interval: float = 300.0
 

@@ -8,6 +8,9 @@ this round; the others go on. Zones whose version (PowerDNS: SOA serial, bumped 
 API edit) is the one we last read are not read again. Before healing anything, the
 fleet-wide circuit breaker (services/dns/safety.py) may halt the whole round and alert
 (``dns.halted``).
+
+DNS-01 challenge records (services/dns/acme.py) are not drift; those still there
+``acme_txt_max_age`` after they were set (their clear never came) get a clear job.
 """
 
 from __future__ import annotations
@@ -15,22 +18,30 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from services.dns.cdn import CdnProvider
 from services.dns.metrics import DRIFT
 from services.dns.placement import placed_addresses
 from services.dns.provider import DnsProvider
 from services.dns.reconcile import Plan, plan_site
-from services.dns.records import zone_of
+from services.dns.records import ACME_LABEL, zone_of
 from services.dns.safety import breaker_trips
 from services.dns.settings import DnsSettings
 from shared.broker import Publisher
 from shared.db import SessionMaker
 from shared.errors import Transient
-from shared.messages import DnsDrifted, DnsReconcileRequested, DnsRunHalted, ErrorInfo
+from shared.messages import (
+    AcmeDnsChallengeRequested,
+    DnsDrifted,
+    DnsReconcileRequested,
+    DnsRunHalted,
+    ErrorInfo,
+)
 from shared.models import DnsRecord, Site
+from shared.timeutil import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +118,40 @@ async def halt_if_breaker_trips(
     return zones
 
 
+async def stale_challenges(
+    sessionmaker: SessionMaker, settings: DnsSettings
+) -> list[AcmeDnsChallengeRequested]:
+    """Clear jobs for the challenge RRsets set longer than ``acme_txt_max_age`` ago."""
+    if settings.acme_txt_max_age <= 0:
+        return []
+    cutoff = utcnow() - timedelta(seconds=settings.acme_txt_max_age)
+    async with sessionmaker() as session:
+        rows = (
+            await session.execute(
+                select(Site.tenant_id, Site.id, Site.domain, DnsRecord.name)
+                .join(Site, Site.id == DnsRecord.site_id)
+                .where(
+                    DnsRecord.type == "TXT",
+                    DnsRecord.name.startswith(ACME_LABEL + ".", autoescape=True),
+                )
+                .group_by(Site.tenant_id, Site.id, Site.domain, DnsRecord.name)
+                .having(func.max(DnsRecord.updated_at) < cutoff)
+                .order_by(Site.id, DnsRecord.name)
+            )
+        ).all()
+    return [
+        AcmeDnsChallengeRequested(
+            tenant_id=tenant_id,
+            site_id=site_id,
+            domain=domain,
+            name=name,
+            values=[],
+            action="clear",
+        )
+        for tenant_id, site_id, domain, name in rows
+    ]
+
+
 async def sweep_once(
     sessionmaker: SessionMaker,
     client: DnsProvider,
@@ -115,6 +160,12 @@ async def sweep_once(
     cdn: CdnProvider | None = None,
 ) -> int:
     """One pass over every site with records; returns how many sites had drifted."""
+    for clear in await stale_challenges(sessionmaker, settings):
+        log.warning(
+            "stale dns-01 challenge record; clearing it",
+            extra={"site_id": clear.site_id, "record": clear.name},
+        )
+        await publisher.submit(clear)
     plans, _ = await plan_sites(sessionmaker, client, settings, cdn)
     drifted = [p for p in plans if not p.plan.is_empty]
     if await halt_if_breaker_trips(drifted, settings, publisher, run="drift sweep"):

@@ -21,6 +21,10 @@ from shared.db import create_engine, create_sessionmaker
 from shared.logs import configure_logging
 from shared.service import consume_until, stop_event
 
+# Seconds the events in hand get to be recorded after SIGTERM (the rest are redelivered);
+# the courier finishes its deliveries in flight meanwhile (each bounded by its timeout).
+DRAIN_TIMEOUT = 10.0
+
 
 async def main() -> None:
     settings = NotifierSettings()
@@ -88,7 +92,7 @@ async def main() -> None:
             name="notifier",
             consumer=consumer,
             prefetch=settings.prefetch,
-            grace=10.0,
+            grace=DRAIN_TIMEOUT,
         )
         await asyncio.gather(*loops)
     await engine.dispose()

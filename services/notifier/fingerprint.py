@@ -6,13 +6,16 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from shared.errors import Invalid
 from shared.messages import Envelope
 
-FAILURE_SUFFIXES = (".failed", ".parked", ".drift", ".halted")
+FAILURE_SUFFIXES = (".failed", ".parked", ".drift", ".halted", ".expiring")
 RECOVERY_SUFFIX = ".succeeded"
+# Recoveries not named ``*.succeeded``: a certificate issued (and installed on every host)
+# resolves the site's open ``cert.*`` alerts (a failed order, one expiring).
+RECOVERY_TYPES = frozenset({"cert.issued"})
 
 # Order matters: ids and uuids before bare hex, bare hex before numbers.
 _NORMALIZERS = (
@@ -47,6 +50,9 @@ class Occurrence:
     message: str
     subject: str
     occurred_at: datetime
+    # What the alert needs besides its error, said before it (e.g. when a certificate
+    # order is tried again); never part of the fingerprint.
+    detail: str = ""
 
     @property
     def fingerprint(self) -> str:
@@ -61,7 +67,10 @@ class Occurrence:
 
     @property
     def summary(self) -> str:
-        return f"{self.event_type} {self.subject}: [{self.error_code}] {self.message}"[:1000]
+        detail = f"{self.detail}: " if self.detail else ""
+        return f"{self.event_type} {self.subject}: {detail}[{self.error_code}] {self.message}"[
+            :1000
+        ]
 
 
 @dataclass(frozen=True)
@@ -93,7 +102,7 @@ def interpret(envelope: Envelope) -> Occurrence | Recovery:
     data = envelope.payload
     tenant_id = _text(data.get("tenant_id"), "tenant_id", required=False)
     site_id = _text(data.get("site_id"), "site_id", required=False)
-    if envelope.type.endswith(RECOVERY_SUFFIX):
+    if envelope.type.endswith(RECOVERY_SUFFIX) or envelope.type in RECOVERY_TYPES:
         return Recovery(
             event_id=envelope.message_id,
             service=service,
@@ -124,4 +133,28 @@ def interpret(envelope: Envelope) -> Occurrence | Recovery:
         message=_text(error.get("message"), "error.message", required=False) or "",
         subject=str(subject),
         occurred_at=envelope.occurred_at,
+        detail=_detail(envelope.type, data),
     )
+
+
+def _when(value: object) -> str:
+    """An ISO instant from an event, as people read it in an alert."""
+    try:
+        when = datetime.fromisoformat(str(value))
+    except ValueError:
+        return str(value)[:40]
+    when = when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
+    return when.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _detail(event_type: str, data: dict[str, object]) -> str:
+    """Certificates (issue 8): what was being done and when it is tried again, or when the
+    certificate in use runs out (the error says why)."""
+    if event_type == "cert.failed":
+        retry_at = data.get("retry_at")
+        return "certificate not issued, " + (
+            f"next attempt {_when(retry_at)}" if retry_at else "no further attempt scheduled"
+        )
+    if event_type == "cert.expiring":
+        return f"certificate expires {_when(data.get('not_after'))}, renewal not done"
+    return ""

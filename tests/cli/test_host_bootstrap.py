@@ -17,10 +17,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import aio_pika
 import httpx
 import pytest
 
 from cli.devstack import procs
+from shared.broker import Publisher
+from shared.db import create_engine, create_sessionmaker
+from shared.ids import new_id
+from shared.messages import CertificateInstallRequested
+from shared.models import Certificate
+from tests.deployer.test_tls_hosts import LocalCa
 from tests.e2e.helpers import landing_params, wait_deployment
 from tests.fixtures.components import world_readable_tempdir
 from tests.fixtures.platform import PlatformFactory
@@ -176,6 +183,55 @@ async def test_bootstrap_prepares_registers_is_idempotent_and_the_host_serves_a_
     # Written over SSH as the deploy user, not as the account that bootstrapped the host.
     release = (sites_root / domain / "current").resolve()
     assert release.stat().st_uid == account.pw_uid
+
+    # A certificate, written by the unprivileged deploy user, that nginx's workers read.
+    ca = LocalCa(machine.root)
+    issued = ca.issue([domain, f"www.{domain}"])
+    certificate_id = new_id("cert")
+    engine = create_engine(platform.database_url, application_name="tests", pool_size=1)
+    async with create_sessionmaker(engine).begin() as session:
+        session.add(
+            Certificate(
+                id=certificate_id,
+                site_id=created.json()["id"],
+                tenant_id="ten_boot",
+                domain=domain,
+                names=[domain, f"www.{domain}"],
+                challenge="http-01",
+                status="issued",
+                private_key_pem=issued.key_pem,
+                certificate_pem=issued.chain_pem,
+            )
+        )
+    await engine.dispose()
+    connection = await aio_pika.connect_robust(platform.amqp_url)
+    async with connection:
+        publisher = await Publisher.open(connection)
+        await publisher.submit(
+            CertificateInstallRequested(
+                site_id=created.json()["id"], domain=domain, certificate_id=certificate_id
+            )
+        )
+    pem = sites_root / ".tls" / f"{domain}.pem"
+    async with asyncio.timeout(60):
+        while not pem.exists():
+            await asyncio.sleep(0.1)
+    info = pem.stat()
+    assert (info.st_uid, info.st_gid, info.st_mode & 0o777) == (
+        account.pw_uid,
+        grp.getgrnam("nogroup").gr_gid,
+        0o640,
+    )
+    async with httpx.AsyncClient(verify=ca.context(), timeout=5) as tls:
+        secure = await tls.get(
+            f"https://127.0.0.1:{machine.https_port}/",
+            headers={"Host": domain},
+            extensions={"sni_hostname": domain},
+        )
+    assert secure.status_code == 200 and dep["id"] in secure.text
+    async with httpx.AsyncClient(timeout=5) as web:
+        moved = await web.get(f"http://127.0.0.1:{machine.http_port}/", headers={"Host": domain})
+    assert moved.status_code == 301
 
 
 async def test_bootstrap_refuses_a_deploy_user_that_could_be_a_shell_trick(

@@ -514,9 +514,8 @@ async def test_a_renewed_certificate_replaces_the_old_one_without_an_nginx_reloa
 ) -> None:
     await deploy(fleet, site, 10, "Renewed")
     first = ca.issue(site.names)
-    await fleet.handler.install_certificate(
-        install_job(site, await store_certificate(fleet.engine, site, first))
-    )
+    first_id = await store_certificate(fleet.engine, site, first)
+    await fleet.handler.install_certificate(install_job(site, first_id))
     for box in (box_a, box_b):
         assert await box.served_serial(site.domain, ca) == first.serial
     pids = [box.nginx_pids() for box in (box_a, box_b)]
@@ -524,15 +523,26 @@ async def test_a_renewed_certificate_replaces_the_old_one_without_an_nginx_reloa
 
     renewed = ca.issue(site.names)
     assert renewed.serial != first.serial
-    await fleet.handler.install_certificate(
-        install_job(site, await store_certificate(fleet.engine, site, renewed))
-    )
+    renewed_id = await store_certificate(fleet.engine, site, renewed)
+    await fleet.handler.install_certificate(install_job(site, renewed_id))
 
     for box in (box_a, box_b):
         for name in site.names:
             assert await box.served_serial(name, ca) == renewed.serial
         assert (await box.get_tls(site.domain, ca)).status_code == 200
     assert [box.nginx_pids() for box in (box_a, box_b)] == pids
+
+    # The certs service marks the renewal installed; a late retry of the first install
+    # (say, redelivered) must not put the older certificate back.
+    async with create_sessionmaker(fleet.engine).begin() as session:
+        row = await session.get(Certificate, renewed_id)
+        assert row is not None
+        row.status = "installed"
+    events = len(fleet.publisher.events)
+    await fleet.handler.install_certificate(install_job(site, first_id))
+    assert len(fleet.publisher.events) == events  # nothing announced
+    for box in (box_a, box_b):
+        assert await box.served_serial(site.domain, ca) == renewed.serial
 
 
 async def test_a_host_that_cannot_receive_the_certificate_is_retried_others_keep_serving(

@@ -45,6 +45,9 @@ CHANNEL_EVENTS = (
     "site.parked",
     "domain.failed",  # a purchase or renewal failed; a domain expiring or expired
     "domain.parked",
+    "cert.failed",  # a certificate order failed (retried or not)
+    "cert.expiring",  # the certificate in use runs out soon and renewal has not succeeded
+    "cert.parked",
 )
 _EMAIL = re.compile(r"^[^@\s<>\"',;]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?\.[A-Za-z]{2,}$")
 

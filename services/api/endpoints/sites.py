@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, status
 from pydantic import BaseModel
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.api import outbox, sites
 from services.api.deployments import deployment_read
@@ -32,6 +33,7 @@ from services.api.schemas import (
     SiteRead,
     SiteUpdate,
 )
+from services.api.tls import tls_of
 from shared.messages import DnsReconcileRequested
 from shared.models import Deployment, DnsRecord, Site
 
@@ -67,12 +69,17 @@ async def list_sites(
         await session.scalars(paginate(sites.visible_sites(principal), Site.id, limit, cursor))
     )
     items, next_cursor = page_of(rows, limit, lambda s: s.id)
-    return Page(items=[sites.site_read(s) for s in items], next_cursor=next_cursor)
+    tls = await tls_of(session, items)  # one query for the whole page
+    return Page(items=[sites.site_read(s, tls[s.id]) for s in items], next_cursor=next_cursor)
+
+
+async def _read(session: AsyncSession, site: Site) -> SiteRead:
+    return sites.site_read(site, (await tls_of(session, [site]))[site.id])
 
 
 @router.get("/{site_id}")
 async def get_site(site_id: str, principal: PrincipalDep, session: SessionDep) -> SiteRead:
-    return sites.site_read(await sites.get_site(session, principal, site_id))
+    return await _read(session, await sites.get_site(session, principal, site_id))
 
 
 @router.patch("/{site_id}")
@@ -84,12 +91,12 @@ async def update_site(
     state: StateDep,
 ) -> SiteRead:
     site = await sites.update_site(session, principal, state.catalog, site_id, body)
-    return sites.site_read(site)
+    return await _read(session, site)
 
 
 @router.delete("/{site_id}", status_code=status.HTTP_202_ACCEPTED)
 async def delete_site(site_id: str, principal: PrincipalDep, session: SessionDep) -> SiteRead:
-    return sites.site_read(await sites.delete_site(session, principal, site_id))
+    return await _read(session, await sites.delete_site(session, principal, site_id))
 
 
 @router.post(

@@ -1,14 +1,14 @@
 """web hosts' HTTPS port (the catch-all's TLS listener, issue 8)
 
 Revision ID: 0011
-Revises: 0009 (re-chained at the merge into certs; was 0008)
+Revises: 0008
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0011"
-down_revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
