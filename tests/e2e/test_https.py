@@ -70,6 +70,7 @@ async def installed(platform: Platform, site_id: str) -> Certificate:
 
 
 async def create_site(platform: Platform, title: str) -> dict[str, Any]:
+    """A site through the API, live; the tenant's token is in ``site["token"]``."""
     token = await platform.new_tenant()
     domain = f"tls-{uuid.uuid4().hex[:8]}.example"
     async with platform.client(token) as api:
@@ -81,7 +82,7 @@ async def create_site(platform: Platform, title: str) -> dict[str, Any]:
         site: dict[str, Any] = created.json()
         deployment = await wait_deployment(api, site["latest_deployment_id"])
         assert deployment["status"] == "live", deployment
-    return site
+    return {**site, "token": token}
 
 
 def curl(platform: Platform, root: Path, name: str) -> subprocess.CompletedProcess[str]:
@@ -146,6 +147,10 @@ async def test_http01_site_served_over_https_then_renewed_without_reload(
     first = await installed(https, site["id"])
     assert first.challenge == "http-01"
     assert set(first.names) == {domain, f"www.{domain}", f"proxy.{domain}"}
+    async with https.client(site["token"]) as api:
+        tls = (await api.get(f"/v1/sites/{site['id']}")).json()["tls"]
+    assert tls["status"] in ("active", "renewing"), tls  # renewals come fast at 40 s
+    assert "Pebble" in tls["issuer"] and tls["expires_at"] and tls["error"] is None
 
     for name in (domain, f"www.{domain}"):
         page = curl(https, pebble_root, name)
