@@ -5,7 +5,9 @@ point at us."""
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
+import subprocess
 
 import pytest
 
@@ -160,6 +162,16 @@ async def test_ops_force_a_renewal(stack: CertsStack) -> None:
     await wait_until(replaced, timeout=60, what="the forced renewal to take over")
     listed = await list_certificates(settings, site.domain)
     assert [(line.status, line.error) for line in listed] == [("installed", None)]
+    shown = await asyncio.to_thread(
+        subprocess.run,
+        [".venv/bin/sitefleet", "certs", "list", "--domain", site.domain],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **stack.env, "COLUMNS": "300"},
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert site.domain in shown.stdout and "installed" in shown.stdout
     with pytest.raises(NotFound):
         await request_renewal(settings, "no-such-site.example")
 
