@@ -19,9 +19,11 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from cli.certs import request_renewal
 from services.certs.store import parse_leaf
 from shared.db import create_engine, create_sessionmaker
 from shared.models import Certificate
+from shared.settings import CommonSettings
 from tests.e2e.helpers import landing_params, wait_deployment
 from tests.fixtures.platform import Platform, PlatformFactory, wait_until
 
@@ -211,3 +213,27 @@ async def test_dns01_site_served_over_https(https: Platform, pebble_root: Path) 
     finally:
         https.stop_service("certs")
         https.start_service("certs")
+
+
+async def test_renewal_racing_a_redeploy(https: Platform, pebble_root: Path) -> None:
+    """A renewal and a redeploy of the site at the same moment: both land, and HTTPS serves
+    the new release with the new certificate."""
+    site = await create_site(https, "Racing Roastery")
+    first = await installed(https, site["id"])
+    settings = CommonSettings(database_url=https.database_url, amqp_url=https.amqp_url)
+    async with https.client(site["token"]) as api:
+        redeploy = await api.post(f"/v1/sites/{site['id']}/deployments", json={"reason": "race"})
+        assert redeploy.status_code == 202, redeploy.text
+        await request_renewal(settings, site["domain"])
+        deployment = await wait_deployment(api, redeploy.json()["id"])
+    assert deployment["status"] == "live", deployment
+
+    async def replaced() -> Certificate | None:
+        rows = await certificates(https, site["id"])
+        newer = [r for r in rows if r.status == "installed" and r.created_at > first.created_at]
+        return newer[-1] if newer else None
+
+    await wait_until(replaced, timeout=120, interval=0.5, what="the renewed certificate")
+    page = curl(https, pebble_root, site["domain"])
+    assert page.returncode == 0, page.stderr
+    assert deployment["id"] in page.stdout
