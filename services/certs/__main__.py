@@ -27,9 +27,9 @@ from shared.service import consume_until, stop_event
 
 log = logging.getLogger("services.certs")
 
-# Seconds a running order may take to finish after SIGTERM before we disconnect anyway
-# (an order cut short is redelivered; its row is reclaimed once stale).
-DRAIN_TIMEOUT = 30.0
+# Seconds a running order may take to finish after SIGTERM (SITEFLEET_CERTS_SHUTDOWN_GRACE's
+# default): an order cut short is handed back, its row ``requested``, and redelivered.
+DRAIN_TIMEOUT = CertsSettings.model_fields["certs_shutdown_grace"].default
 
 
 async def main() -> None:
@@ -83,10 +83,10 @@ async def main() -> None:
                 name="certs",
                 consumer=jobs,
                 prefetch=settings.prefetch,
-                grace=DRAIN_TIMEOUT,
+                grace=settings.certs_shutdown_grace,
                 also=start_events,
             )
-            await events.stop(DRAIN_TIMEOUT)
+            await events.stop(settings.certs_shutdown_grace)
             if sweeper is not None:
                 sweeper.cancel()
     finally:

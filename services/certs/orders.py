@@ -147,6 +147,11 @@ class CertOrders:
         started = time.perf_counter()
         try:
             await self.run(claim)
+        except asyncio.CancelledError:
+            # A shutdown handing the job back: the broker redelivers it, and the row must
+            # not look like a live order to that delivery.
+            await self._release(claim)
+            raise
         except (DnsNotPointingHere, CaRejected) as exc:
             await self._fail_until(claim, exc)
             return
@@ -437,6 +442,16 @@ class CertOrders:
         )
         await self._record_failure(claim, exc, retry_at=retry_at)
         await self._emit_failed(claim, exc.code, exc.message, retry_at)
+
+    async def _release(self, claim: Claim) -> None:
+        try:
+            async with self.sessionmaker.begin() as session:
+                row = await session.get(Certificate, claim.certificate_id, with_for_update=True)
+                if row is not None and row.status == "ordering":
+                    row.status = "requested"
+                    row.updated_at = self.clock()
+        except Exception as exc:  # taken over once stale (cert_stale_after) instead
+            log.warning("could not hand the order back", extra={**_ids(claim), "error": repr(exc)})
 
     async def _record_failure(
         self, claim: Claim, exc: SitefleetError, retry_at: datetime | None

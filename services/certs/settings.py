@@ -72,3 +72,6 @@ class CertsSettings(CommonSettings, WebHostSettings):
     )
     # An order claimed this many seconds ago and not finished belongs to a dead worker.
     cert_stale_after: float = 900.0
+    # Seconds the orders (then the events) in hand get to finish after SIGTERM; an order
+    # still running then is handed back (its row ``requested``) and redelivered.
+    certs_shutdown_grace: float = Field(default=30.0, ge=0)
