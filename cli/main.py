@@ -538,6 +538,144 @@ def domain_check(name: Annotated[str, typer.Argument(help="a domain name")]) -> 
         raise typer.Exit(1) from None
 
 
+@app.command("backup")
+def backup(
+    dest_dir: Annotated[
+        Path | None,
+        typer.Argument(help="where to write it: a new sitefleet-backup-<UTC time>/ inside"),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="the backup directory's own path")
+    ] = None,
+) -> None:
+    """Back up the database (pg_dump) and every web host's release state (objects,
+    releases, current links, nginx rules) into one directory with a manifest of sizes and
+    checksums. Exits 1 if anything could not be backed up (docs/operations.md)."""
+    from contextlib import ExitStack
+    from datetime import UTC, datetime
+
+    from cli.backup import default_path, make_backup
+    from cli.progress import progress_bar
+    from services.deployer.settings import DeployerSettings
+
+    if (dest_dir is None) == (output is None):
+        typer.echo("error: give exactly one of DEST_DIR or --output PATH", err=True)
+        raise typer.Exit(2)
+    dest = (output or default_path(dest_dir or Path("."), datetime.now(UTC))).resolve()
+    if not dest.parent.is_dir():
+        typer.echo(f"error: {dest.parent} is not a directory", err=True)
+        raise typer.Exit(1)
+    try:
+        with ExitStack() as stack:
+            steps: list[Callable[[str | None], None]] = []
+
+            def start(total: int) -> None:
+                steps.append(stack.enter_context(progress_bar("backing up", total)))
+
+            result = asyncio.run(
+                make_backup(DeployerSettings(), dest, on_total=start, on_step=lambda s: steps[0](s))
+            )
+    except SitefleetError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    manifest = result.manifest
+    ok_hosts = [h for h in manifest["hosts"] if h["status"] == "ok"]
+    sites = {domain for h in ok_hosts for domain in h["sites"]}
+    typer.echo(
+        f"backup written to {result.path}: database {manifest['database']['bytes']} bytes "
+        f"(revision {manifest['alembic_revision']}), {len(ok_hosts)} web host(s) with "
+        f"{len(sites)} site(s)"
+    )
+    for host in manifest["hosts"]:
+        if host["status"] != "ok":
+            typer.echo(
+                f"error: web host {host['name']} is not in the backup: {host['error']}", err=True
+            )
+    if result.failed_hosts:
+        raise typer.Exit(1)
+
+
+@app.command("restore")
+def restore(
+    backup_path: Annotated[
+        Path, typer.Argument(metavar="BACKUP", help="a backup directory (or its manifest.json)")
+    ],
+    hosts_only: Annotated[
+        bool, typer.Option("--hosts-only", help="only the web hosts' release state")
+    ] = False,
+    db_only: Annotated[bool, typer.Option("--db-only", help="only the database")] = False,
+    yes: Annotated[
+        bool,
+        typer.Option(
+            "--yes",
+            "--force",
+            "-y",
+            help="replace a database that is not empty, and switch sites a host serves "
+            "differently back to the backup's release",
+        ),
+    ] = False,
+    check: Annotated[
+        bool, typer.Option(help="check each restored site through its host's nginx")
+    ] = True,
+) -> None:
+    """Restore a backup: the database (into an empty one unless --yes; migrated to this
+    version's schema), then every web host's releases, so each site serves its live release
+    again without a rebuild. Refuses a damaged backup before touching anything. Stop the
+    Sitefleet services first (docs/operations.md)."""
+    from cli.progress import progress_bar
+    from cli.restore import (
+        RestoreReport,
+        load_manifest,
+        restore_database,
+        restore_hosts,
+        verify_files,
+    )
+    from services.deployer.settings import DeployerSettings
+
+    if hosts_only and db_only:
+        typer.echo("error: give at most one of --hosts-only and --db-only", err=True)
+        raise typer.Exit(2)
+    settings = DeployerSettings()
+    report = RestoreReport()
+    try:
+        root, manifest = load_manifest(backup_path.resolve())
+        verify_files(root, manifest, database=not hosts_only, hosts=not db_only)
+        hosts = [h for h in manifest["hosts"] if h.get("status") == "ok"] if not db_only else []
+        with progress_bar("restoring", int(not hosts_only) + len(hosts)) as step:
+
+            async def work() -> None:
+                if not hosts_only:
+                    report.database = await restore_database(
+                        settings, root, manifest, replace=yes, on_step=step
+                    )
+                if not db_only:
+                    await restore_hosts(
+                        settings, root, manifest, report, force=yes, check=check, on_step=step
+                    )
+
+            asyncio.run(work())
+    except SitefleetError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    if report.database:
+        typer.echo(f"database: {report.database}")
+    for name, done in report.hosts.items():
+        typer.echo(
+            f"web host {name}: {done['objects_stored']} object(s) stored "
+            f"({done['objects_present']} already there), {done['releases_built']} release(s) "
+            f"built ({done['releases_present']} already there), {len(done['activated'])} "
+            f"site(s) switched, {len(done['plan'])} served, nginx rules changed for "
+            f"{len(done['rules_changed'])}{', nginx reloaded' if done['reloaded'] else ''}"
+        )
+    for warning in report.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    for problem in report.problems:
+        typer.echo(f"error: {problem}", err=True)
+    if report.problems:
+        raise typer.Exit(1)
+    typer.echo("restore complete; start the services (the DNS service's sweep re-syncs DNS)")
+
+
 @app.command("status")
 def status(
     api_url: Annotated[str, typer.Option(help="the API's base URL")] = "http://127.0.0.1:8000",
