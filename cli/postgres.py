@@ -5,6 +5,7 @@ command line that ``ps`` shows."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -155,14 +156,23 @@ def restore(db: Database, pg_restore: str, psql: str, dump_file: Path, *, replac
         if restore_proc.wait() == 0:
             sink.write(b"COMMIT;\n")
             committed = True
-        sink.close()  # without COMMIT, psql's session ends and the transaction rolls back
+        # Without COMMIT, psql's session ends and the transaction rolls back.
     except BrokenPipeError:  # psql stopped at an error (ON_ERROR_STOP)
         restore_proc.kill()
-    restore_err = restore_proc.communicate()[1]
-    psql_err = psql_proc.communicate()[1]
+    with contextlib.suppress(BrokenPipeError):
+        sink.close()
+    restore_err = _finish(restore_proc)
+    psql_err = _finish(psql_proc)
     if not committed or restore_proc.returncode != 0 or psql_proc.returncode != 0:
         complaint = (restore_err + psql_err).decode(errors="replace").strip()
         raise SitefleetError(
             f"restoring the database failed, nothing was changed: {complaint}",
             code="pg_restore_failed",
         )
+
+
+def _finish(proc: subprocess.Popen[bytes]) -> bytes:
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    proc.wait()
+    return err
