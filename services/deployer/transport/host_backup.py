@@ -116,28 +116,34 @@ def export_state(sites_root: Path, objects_root: Path | None, out: IO[bytes]) ->
     with tarfile.open(fileobj=out, mode="w|gz", format=tarfile.PAX_FORMAT) as tar:
         for domain in _site_names(sites_root):
             site_dir = sites_root / domain
-            releases = list_releases(site_dir / RELEASES)
-            for release_id in releases:
+            kept = []
+            for release_id in list_releases(site_dir / RELEASES):
                 release_dir = site_dir / RELEASES / release_id
-                files = []
-                for rel, path, info in _release_files(release_dir):
-                    key = keys.get((info.st_dev, info.st_ino)) or _key_of(path, info)
-                    if key not in sent:
-                        _add_file(tar, f"objects/{key}", path, info, key)
-                        sent.add(key)
-                        summary["objects"] += 1
-                        summary["bytes"] += info.st_size
-                    sha256 = key.removesuffix(EXEC_SUFFIX)
-                    mode = EXEC_MODE if key.endswith(EXEC_SUFFIX) else FILE_MODE
-                    files.append([rel, sha256, mode, info.st_size])
-                manifest = {"mtime_ns": release_dir.stat().st_mtime_ns, "files": files}
+                try:
+                    files = []
+                    for rel, path, info in _release_files(release_dir):
+                        key = keys.get((info.st_dev, info.st_ino)) or _key_of(path, info)
+                        if key not in sent:
+                            _add_file(tar, f"objects/{key}", path, info, key)
+                            sent.add(key)
+                            summary["objects"] += 1
+                            summary["bytes"] += info.st_size
+                        sha256 = key.removesuffix(EXEC_SUFFIX)
+                        mode = EXEC_MODE if key.endswith(EXEC_SUFFIX) else FILE_MODE
+                        files.append([rel, sha256, mode, info.st_size])
+                    mtime_ns = release_dir.stat().st_mtime_ns
+                except FileNotFoundError:
+                    # Pruned while the backup ran (never the current release): left out.
+                    continue
+                manifest = {"mtime_ns": mtime_ns, "files": files}
                 _add_bytes(tar, f"releases/{domain}/{release_id}.json", json.dumps(manifest))
+                kept.append(release_id)
             current = read_current(site_dir / CURRENT)
-            if current is not None and current in releases:
+            if current is not None and current in kept:
                 _add_bytes(tar, f"current/{domain}", current)
             else:
                 current = None
-            summary["sites"][domain] = {"current": current, "releases": releases, "rules": False}
+            summary["sites"][domain] = {"current": current, "releases": kept, "rules": False}
         rules_dir = sites_root / RULES
         for domain in _rules_names(rules_dir):
             _add_bytes(tar, f"nginx/{domain}.conf", (rules_dir / f"{domain}.conf").read_bytes())
@@ -188,7 +194,11 @@ def _release_files(release_dir: Path) -> Iterator[tuple[str, Path, os.stat_resul
     """(relative path, path, stat) of each file of a release, sorted; anything but regular
     files and directories is refused (a deploy never makes one)."""
     found = []
-    for dirpath, dirnames, filenames in os.walk(release_dir):
+
+    def vanished(error: OSError) -> None:
+        raise error  # a release being deleted: the caller leaves it out
+
+    for dirpath, dirnames, filenames in os.walk(release_dir, onerror=vanished):
         base = Path(dirpath)
         for name in dirnames + filenames:
             path = base / name
