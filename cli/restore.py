@@ -274,18 +274,18 @@ async def restore_hosts(
             continue
         report.hosts[name] = done
         _judge_host(name, done, report)
-        if check and done["switched"]:
+        if check:
             await _check_served(place, done["plan"], report, settings.nginx_reload_timeout)
     for name in sorted(set(rows) - backed_up):
         report.warnings.append(f"web host {name} is registered but not in the backup")
 
 
 def _judge_host(name: str, done: dict[str, Any], report: RestoreReport) -> None:
-    if done["conflicts"] and not done["switched"]:
+    if done["conflicts"] and any(d not in done["plan"] for d in done["conflicts"]):
         shown = ", ".join(f"{d} ({r})" for d, r in sorted(done["conflicts"].items())[:5])
         report.problems.append(
-            f"web host {name} serves other releases for {len(done['conflicts'])} site(s): "
-            f"{shown}; nothing was switched there. Pass --yes to switch them to the backup's"
+            f"web host {name} serves other releases for {len(done['conflicts'])} site(s), "
+            f"left as they are: {shown}. Pass --yes to switch them to the database's"
         )
     for domain in done["fallback"]:
         report.warnings.append(

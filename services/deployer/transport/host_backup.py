@@ -281,7 +281,7 @@ def import_state(
     not in it keeps no ``current`` from the archive. None: as the archive says. When a
     wanted release is not in the archive the archive's ``current`` is used (``fallback``).
     Sites whose ``current`` already points elsewhere are switched only with ``force``;
-    otherwise nothing is switched and they are returned as ``conflicts``."""
+    otherwise they are left as they are (rules too) and returned as ``conflicts``."""
     store = ObjectStore(objects_root or sites_root / OBJECTS, max_links=max_links)
     reader = _Hashing(stream)
     result: dict[str, Any] = {
@@ -361,9 +361,9 @@ def _switch(
         "missing": missing,
         "conflicts": conflicts,
     }
-    if conflicts and not force:
-        outcome.update(activated=[], rules_changed=[], reloaded=False, switched=False)
-        return outcome
+    if not force:  # those sites keep serving what they serve, rules included
+        plan = {d: r for d, r in plan.items() if d not in conflicts}
+        outcome["plan"] = plan
     changed = replace_rules(sites_root, {d: rules.get(d) for d in plan}, nginx_command)
     activated = []
     for domain, release_id in plan.items():
@@ -374,7 +374,7 @@ def _switch(
     if reloaded:
         assert nginx_command is not None
         reload_nginx(sites_root, nginx_command)
-    outcome.update(activated=activated, rules_changed=changed, reloaded=reloaded, switched=True)
+    outcome.update(activated=activated, rules_changed=changed, reloaded=reloaded)
     return outcome
 
 
