@@ -542,7 +542,9 @@ def domain_check(name: Annotated[str, typer.Argument(help="a domain name")]) -> 
 def backup(
     dest_dir: Annotated[
         Path | None,
-        typer.Argument(help="where to write it: a new sitefleet-backup-<UTC time>/ inside"),
+        typer.Argument(
+            help="where to write it (created if missing): a new sitefleet-backup-<UTC time>/"
+        ),
     ] = None,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="the backup directory's own path")
@@ -561,6 +563,8 @@ def backup(
     if (dest_dir is None) == (output is None):
         typer.echo("error: give exactly one of DEST_DIR or --output PATH", err=True)
         raise typer.Exit(2)
+    if dest_dir is not None:
+        dest_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     dest = (output or default_path(dest_dir or Path("."), datetime.now(UTC))).resolve()
     if not dest.parent.is_dir():
         typer.echo(f"error: {dest.parent} is not a directory", err=True)

@@ -7,6 +7,7 @@ the sites again (the same token works); a second restore changes nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shlex
@@ -14,14 +15,17 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
+from alembic.script import ScriptDirectory
 
 from cli.devstack import procs
+from shared.migrate import alembic_config, upgrade
 from shared.template_packs import TemplateCatalog
 from tests.e2e.helpers import landing_params, wait_deployment
 from tests.fixtures.components import run_nginx, world_readable_tempdir
-from tests.fixtures.isolation import drop_database
+from tests.fixtures.isolation import PG_ADMIN_URL, drop_database
 from tests.fixtures.platform import Platform, PlatformFactory, wait_until
 from tests.fixtures.sshd import Sshd
 from tests.templates.conftest import TEMPLATES
@@ -71,7 +75,7 @@ def wipe(sites_root: Path, nginx_command: list[str]) -> None:
 
 
 async def test_backup_then_restore_onto_a_wiped_database_and_wiped_hosts(
-    platforms: PlatformFactory, sshd: Sshd, tmp_path: Path
+    platforms: PlatformFactory, sshd: Sshd, private_sshd: Sshd, tmp_path: Path
 ) -> None:
     root = world_readable_tempdir("backup-b")
     second, second_proc = run_nginx(root)
@@ -116,20 +120,32 @@ async def test_backup_then_restore_onto_a_wiped_database_and_wiped_hosts(
         before = await pages(ports, list(wanted))
         assert all(seen.startswith("200 ") for seen in before.values()), before
 
-        made = sitefleet(platform, "backup", str(tmp_path))
-        assert made.returncode == 0, made.stderr
-        (backup,) = tmp_path.iterdir()
+        # A third host, registered after the sites were placed, is down during the backup:
+        # the backup is still written (database and the other hosts) but exits 1.
+        added = sitefleet(
+            platform,
+            *("host", "add", "web-c"),
+            *("--ssh", f"{private_sshd.username}@127.0.0.1:{private_sshd.port}"),
+            *("--key", str(private_sshd.client_key), "--sites-root", str(root / "c")),
+        )
+        assert added.returncode == 0, added.stderr
+        private_sshd.stop()
+        made = sitefleet(platform, "backup", str(tmp_path / "backups"))
+        assert made.returncode == 1 and "web-c" in made.stderr, made.stderr
+        (backup,) = (tmp_path / "backups").iterdir()
         assert backup.name.startswith("sitefleet-backup-")
         manifest = json.loads((backup / "manifest.json").read_text())
         assert manifest["alembic_revision"] and manifest["sitefleet_version"]
-        assert [h["name"] for h in manifest["hosts"]] == ["web-a", "web-b"]
-        for host in manifest["hosts"]:
+        assert [h["name"] for h in manifest["hosts"]] == ["web-a", "web-b", "web-c"]
+        assert manifest["hosts"][2]["status"] == "failed"
+        for host in manifest["hosts"][:2]:
             assert host["status"] == "ok" and set(host["sites"]) == set(wanted)
             assert host["sites"]["app.example"]["rules"] is True
 
         # A damaged copy of the backup is refused before anything is touched.
         damaged = tmp_path / "damaged"
         shutil.copytree(backup, damaged)
+        assert not list((tmp_path / "backups").glob("*.partial"))
         archive = damaged / "hosts" / "web-b.tar.gz"
         data = bytearray(archive.read_bytes())
         data[len(data) // 2] ^= 0xFF
@@ -161,6 +177,7 @@ async def test_backup_then_restore_onto_a_wiped_database_and_wiped_hosts(
 
         restored = sitefleet(platform, "restore", str(backup))
         assert restored.returncode == 0, restored.stdout + restored.stderr
+        assert "warning: web host web-c was not in the backup" in restored.stderr
         assert "2 site(s) switched" in restored.stdout and "nginx reloaded" in restored.stdout
         # restore checked each site through nginx before it returned; pages are the same.
         assert await pages(ports, list(wanted)) == before
@@ -184,3 +201,61 @@ async def test_backup_then_restore_onto_a_wiped_database_and_wiped_hosts(
     finally:
         procs.stop(second_proc)  # type: ignore[arg-type]
         shutil.rmtree(root, ignore_errors=True)
+
+
+async def test_an_older_backup_goes_into_a_new_database_and_is_migrated(
+    run_id: str, tmp_path: Path
+) -> None:
+    """No web host registered: the settings' local host is backed up. The backup comes from
+    an older schema: restored into a database that does not exist yet, then migrated; a
+    second restore needs --yes; a backup from a schema this code does not know is refused."""
+    name = f"sitefleet_test_{run_id}_backup_old"
+    admin = await asyncpg.connect(PG_ADMIN_URL)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    url = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    url = f"{url}/{name}"
+    env = {**os.environ, "SITEFLEET_DATABASE_URL": url, "SITEFLEET_SITES_ROOT": str(tmp_path)}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [".venv/bin/sitefleet", *args]
+        return subprocess.run(argv, text=True, capture_output=True, env=env, timeout=300)
+
+    async def revision() -> str:
+        conn = await asyncpg.connect(PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}")
+        try:
+            return str(await conn.fetchval("SELECT version_num FROM alembic_version"))
+        finally:
+            await conn.close()
+
+    try:
+        await asyncio.to_thread(upgrade, url, "0006")
+        backup = tmp_path / "old-backup"
+        made = cli("backup", "--output", str(backup))
+        assert made.returncode == 0, made.stderr
+        manifest = json.loads((backup / "manifest.json").read_text())
+        assert manifest["alembic_revision"] == "0006"
+        assert [(h["name"], h["id"], h["status"]) for h in manifest["hosts"]] == [
+            ("local", None, "ok")
+        ]
+        await drop_database(name)
+
+        restored = cli("restore", str(backup))
+        assert restored.returncode == 0, restored.stderr
+        head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+        assert f"migrated to {head}" in restored.stdout
+        assert await revision() == head
+
+        again = cli("restore", str(backup), "--db-only")
+        assert again.returncode == 1 and "--yes" in again.stderr, again.stderr
+        assert await revision() == head
+        again = cli("restore", str(backup), "--db-only", "--yes")
+        assert again.returncode == 0, again.stderr
+        assert await revision() == head
+
+        manifest["alembic_revision"] = "9999"
+        (backup / "manifest.json").write_text(json.dumps(manifest))
+        newer = cli("restore", str(backup), "--db-only", "--yes")
+        assert newer.returncode == 1 and "unknown to this Sitefleet" in newer.stderr
+    finally:
+        await drop_database(name)
