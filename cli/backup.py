@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from cli import postgres
 from cli.host_archive import HashingFile, HostPlace, export_host
@@ -91,6 +92,10 @@ async def read_state(settings: DeployerSettings) -> tuple[str | None, list[HostP
     try:
         async with create_sessionmaker(engine)() as session:
             rows = list(await session.scalars(select(WebHost).order_by(WebHost.name)))
+    except SQLAlchemyError as exc:
+        raise SitefleetError(
+            f"cannot read the web hosts: {type(exc).__name__}: {exc}", code="database_unusable"
+        ) from None
     finally:
         await engine.dispose()
     places = [HostPlace.of_row(row) for row in rows] or [HostPlace.of_settings(settings)]

@@ -543,7 +543,8 @@ def backup(
     dest_dir: Annotated[
         Path | None,
         typer.Argument(
-            help="where to write it (created if missing): a new sitefleet-backup-<UTC time>/"
+            metavar="DEST_DIR",
+            help="where to write it (created if missing): a new sitefleet-backup-<UTC time>/",
         ),
     ] = None,
     output: Annotated[
@@ -615,7 +616,7 @@ def restore(
             "--force",
             "-y",
             help="replace a database that is not empty, and switch sites a host serves "
-            "differently back to the backup's release",
+            "differently to the release the database calls live",
         ),
     ] = False,
     check: Annotated[
@@ -625,7 +626,7 @@ def restore(
     """Restore a backup: the database (into an empty one unless --yes; migrated to this
     version's schema), then every web host's releases, so each site serves its live release
     again without a rebuild. Refuses a damaged backup before touching anything. Stop the
-    Sitefleet services first (docs/operations.md)."""
+    Sitefleet services before restoring the database (docs/operations.md)."""
     from cli.progress import progress_bar
     from cli.restore import (
         RestoreReport,

@@ -15,7 +15,7 @@ from pathlib import Path
 import asyncpg
 from sqlalchemy.engine import make_url
 
-from shared.errors import SitefleetError
+from shared.errors import SitefleetError, Unavailable
 
 # Debian keeps each major version's tools here; /usr/bin/pg_dump is a wrapper that picks one.
 _VERSIONED_BIN = Path("/usr/lib/postgresql")
@@ -55,10 +55,17 @@ class Database:
         self.application_name = application_name
 
     async def connect(self, *, admin: bool = False) -> asyncpg.Connection:
-        return await asyncpg.connect(
-            self.admin_dsn if admin else self.dsn,
-            server_settings={"application_name": self.application_name},
-        )
+        try:
+            return await asyncpg.connect(
+                self.admin_dsn if admin else self.dsn,
+                server_settings={"application_name": self.application_name},
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            name = "postgres" if admin else self.name
+            raise Unavailable(
+                f"cannot connect to database {name}: {type(exc).__name__}: {exc}",
+                code="database_unavailable",
+            ) from None
 
     def run(
         self, argv: list[str], *, stdin: int | None = None, stdout: int | None = None

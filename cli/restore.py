@@ -23,6 +23,8 @@ from typing import Any
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cli import postgres
 from cli.backup import FORMAT, FORMAT_VERSION, MANIFEST, file_digest
@@ -30,7 +32,7 @@ from cli.host_archive import HostPlace, import_host
 from services.deployer.health import check_release
 from services.deployer.settings import DeployerSettings
 from shared.db import create_engine, create_sessionmaker
-from shared.errors import Conflict, Invalid, SitefleetError
+from shared.errors import Conflict, Invalid, SitefleetError, Unavailable
 from shared.migrate import alembic_config, upgrade
 from shared.models import Deployment, Site, SiteHost, WebHost
 
@@ -71,7 +73,29 @@ def load_manifest(path: Path) -> tuple[Path, dict[str, Any]]:
             f"the backup's format version is {manifest.get('format_version')!r}; this "
             f"Sitefleet reads version {FORMAT_VERSION}"
         )
+    if not _well_formed(manifest):
+        raise BadBackup(f"{root / MANIFEST} is incomplete or damaged")
     return root, manifest
+
+
+def _well_formed(manifest: dict[str, Any]) -> bool:
+    def names_file(entry: Any) -> bool:
+        return (
+            isinstance(entry, dict)
+            and isinstance(entry.get("file"), str)
+            and isinstance(entry.get("bytes"), int)
+            and isinstance(entry.get("sha256"), str)
+        )
+
+    hosts = manifest.get("hosts")
+    if not names_file(manifest.get("database")) or not isinstance(hosts, list):
+        return False
+    for host in hosts:
+        if not isinstance(host, dict) or not isinstance(host.get("name"), str):
+            return False
+        if host.get("status") == "ok" and not (names_file(host) and "id" in host):
+            return False
+    return True
 
 
 def verify_files(root: Path, manifest: dict[str, Any], *, database: bool, hosts: bool) -> None:
@@ -191,30 +215,42 @@ async def wanted_releases(
     its live deployment's, following rollbacks to the release they returned to."""
     engine = create_engine(settings.database_url, application_name="sitefleet-cli", pool_size=1)
     try:
-        async with create_sessionmaker(engine)() as session:
-            rows = list(await session.scalars(select(WebHost)))
-            sites = (
+        return await _read_wanted(engine)
+    except (SQLAlchemyError, OSError) as exc:
+        raise Unavailable(
+            f"cannot read the web hosts and sites from the database ({type(exc).__name__}: "
+            f"{exc}); restore the database first (without --hosts-only)",
+            code="database_unavailable",
+        ) from None
+    finally:
+        await engine.dispose()
+
+
+async def _read_wanted(
+    engine: AsyncEngine,
+) -> tuple[dict[str, WebHost], dict[str | None, dict[str, str]]]:
+    async with create_sessionmaker(engine)() as session:
+        rows = list(await session.scalars(select(WebHost)))
+        sites = (
+            await session.execute(
+                select(Site.id, Site.domain, Site.live_deployment_id).where(
+                    Site.live_deployment_id.is_not(None),
+                    Site.status != "deleting",
+                    Site.files_removed.is_(False),
+                )
+            )
+        ).all()
+        rollbacks: dict[str, str | None] = {
+            dep_id: target
+            for dep_id, target in (
                 await session.execute(
-                    select(Site.id, Site.domain, Site.live_deployment_id).where(
-                        Site.live_deployment_id.is_not(None),
-                        Site.status != "deleting",
-                        Site.files_removed.is_(False),
+                    select(Deployment.id, Deployment.rollback_to).where(
+                        Deployment.rollback_to.is_not(None)
                     )
                 )
             ).all()
-            rollbacks: dict[str, str | None] = {
-                dep_id: target
-                for dep_id, target in (
-                    await session.execute(
-                        select(Deployment.id, Deployment.rollback_to).where(
-                            Deployment.rollback_to.is_not(None)
-                        )
-                    )
-                ).all()
-            }
-            placed = (await session.execute(select(SiteHost.site_id, SiteHost.host_id))).all()
-    finally:
-        await engine.dispose()
+        }
+        placed = (await session.execute(select(SiteHost.site_id, SiteHost.host_id))).all()
     hosts_of: dict[str, list[str | None]] = {}
     for site_id, host_id in placed:
         hosts_of.setdefault(site_id, []).append(host_id)
