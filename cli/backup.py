@@ -1,11 +1,12 @@
 """`sitefleet backup`: one self-describing backup directory with a ``pg_dump`` of the
-database and, for each web host, its release state (host_backup.py), plus ``manifest.json``
-(what was taken, when, by which Sitefleet at which schema revision, with sizes and
-SHA-256 checksums) that `sitefleet restore` checks before it touches anything.
+database and, for each web host, its release state (services/deployer/state_archive.py),
+plus ``manifest.json`` (what was taken, when, by which Sitefleet at which schema revision,
+with sizes and SHA-256 checksums) that `sitefleet restore` checks before it touches
+anything.
 
     <backup>/manifest.json
     <backup>/database.dump            pg_dump --format=custom
-    <backup>/hosts/<host name>.tar.gz  host_backup.py's archive
+    <backup>/hosts/<host name>.tar.gz  the host's archive (state_archive.py)
 
 The database is dumped first, then the hosts: releases and objects are immutable and
 named by id and content, so a host archive taken after the dump holds every release the

@@ -1,5 +1,5 @@
-"""Running a web host's side of backup and restore (services/deployer/transport/
-host_backup.py) on the host: in this process for a local host, over one SSH exec for an SSH
+"""Running a web host's side of backup and restore (services/deployer/state_archive.py,
+state_restore.py) on the host: in this process for a local host, over one SSH exec for an SSH
 host (logged in with the host's pinned key, as ``sitefleet host add`` checked it)."""
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from typing import IO, Any
 import asyncssh
 
 from cli.hosts import connect_pinned
-from services.deployer import hosts, layout, nginx_rules, objects
+from services.deployer import hosts, layout, nginx_rules, objects, state_archive, state_restore
 from services.deployer.settings import DeployerSettings
+from services.deployer.state_archive import BadArchive
 from services.deployer.transport import host_backup
-from services.deployer.transport.host_backup import CHUNK, BadArchive
+from services.deployer.transport.host_backup import CHUNK
 from shared.errors import Invalid, SitefleetError, Transient
 from shared.models import WebHost
 
@@ -99,7 +100,7 @@ async def export_host(
     if place.kind == "local":
         return await _local(
             place,
-            lambda: host_backup.export_state(
+            lambda: state_archive.export_state(
                 Path(place.sites_root),
                 _path(place.objects_root),
                 out,  # type: ignore[arg-type]
@@ -117,7 +118,7 @@ async def import_host(
     current: dict[str, str],
     force: bool,
 ) -> dict[str, Any]:
-    """Put ``archive`` back on the host (see host_backup.import_state); returns its report."""
+    """Put ``archive`` back on the host (see state_restore.import_state); returns its report."""
     request = {
         "op": "import",
         "sites_root": place.sites_root,
@@ -132,7 +133,7 @@ async def import_host(
 
         def work() -> dict[str, Any]:
             with open(archive, "rb") as stream:
-                return host_backup.import_state(
+                return state_restore.import_state(
                     Path(place.sites_root),
                     _path(place.objects_root),
                     stream,
@@ -164,9 +165,9 @@ async def _local(place: HostPlace, work: Callable[[], dict[str, Any]]) -> dict[s
 
 @functools.cache
 def _modules() -> bytes:
-    """What BOOTSTRAP reads first: the host side and the modules it imports, as source
-    (host_backup last: BOOTSTRAP runs the last module's main())."""
-    modules = [objects, layout, nginx_rules, host_backup]
+    """What BOOTSTRAP reads first: the host side and the modules it imports, as source, in
+    import order (host_backup last: BOOTSTRAP runs the last module's main())."""
+    modules = [objects, layout, nginx_rules, state_archive, state_restore, host_backup]
     parts = [f"{len(modules)}\n".encode()]
     for module in modules:
         source = Path(str(module.__file__)).read_bytes()

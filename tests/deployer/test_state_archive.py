@@ -1,8 +1,9 @@
-"""A web host's release state written as an archive and put back (host_backup.py), on plain
-directories: the restored host has the same releases (hardlinks into its own store, modes
-and upload order kept), the same ``current`` and rules; a second restore changes nothing;
-a damaged archive switches nothing; a site served differently is only switched with force.
-The whole path through the CLI, nginx and SSH is tests/cli/test_backup.py."""
+"""A web host's release state written as an archive and put back (state_archive.py,
+state_restore.py), on plain directories: the restored host has the same releases
+(hardlinks into its own store, modes and upload order kept), the same ``current`` and
+rules; a second restore changes nothing; a damaged archive switches nothing; a site served
+differently is only switched with force. The whole path through the CLI, nginx and SSH is
+tests/cli/test_backup.py."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ import pytest
 from services.deployer.layout import list_releases, read_current
 from services.deployer.nginx_rules import read_rules, replace_rules
 from services.deployer.release import LocalHost
-from services.deployer.transport.host_backup import BadArchive, export_state, import_state
+from services.deployer.state_archive import BadArchive, export_state
+from services.deployer.state_restore import import_state
 from shared.ids import new_id
 
 RULES = "server { listen 127.0.0.1:1; server_name spa.example; }\n"
