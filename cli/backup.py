@@ -40,7 +40,7 @@ from cli.host_archive import HashingFile, HostPlace, export_host
 from services.deployer.settings import DeployerSettings
 from shared.db import create_engine, create_sessionmaker
 from shared.errors import SitefleetError
-from shared.models import WebHost
+from shared.models import Site, SiteHost, WebHost
 
 FORMAT = "sitefleet-backup"
 FORMAT_VERSION = 1
@@ -76,31 +76,53 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-async def read_state(settings: DeployerSettings) -> tuple[str | None, list[HostPlace], int]:
+@dataclass
+class State:
+    """What the database says about what to back up."""
+
+    revision: str | None
+    places: list[HostPlace]
+    server_major: int
+    # Live sites on no registered host (deployed before hosts were registered): they are
+    # served from the settings' local host, which is backed up only while no host is.
+    unplaced: list[str]
+
+
+async def read_state(settings: DeployerSettings) -> State:
     """The schema revision, the web hosts to back up (the settings' local host while none
     is registered: the deployer uses it then) and the server's major version."""
     db = postgres.Database(settings.database_url, "sitefleet-backup")
     conn = await db.connect()
     try:
         server_major = int(await conn.fetchval("SHOW server_version_num")) // 10000
-        revision = await conn.fetchval(
-            "SELECT version_num FROM alembic_version"
-            " WHERE to_regclass('public.alembic_version') IS NOT NULL"
-        )
+        revision = None
+        if await conn.fetchval("SELECT to_regclass('public.alembic_version') IS NOT NULL"):
+            revision = await conn.fetchval("SELECT version_num FROM alembic_version")
     finally:
         await conn.close()
     engine = create_engine(settings.database_url, application_name="sitefleet-backup", pool_size=1)
     try:
         async with create_sessionmaker(engine)() as session:
             rows = list(await session.scalars(select(WebHost).order_by(WebHost.name)))
+            unplaced = list(
+                await session.scalars(
+                    select(Site.domain)
+                    .where(
+                        Site.live_deployment_id.is_not(None),
+                        ~select(SiteHost.site_id).where(SiteHost.site_id == Site.id).exists(),
+                    )
+                    .order_by(Site.domain)
+                )
+            )
     except SQLAlchemyError as exc:
         raise SitefleetError(
             f"cannot read the web hosts: {type(exc).__name__}: {exc}", code="database_unusable"
         ) from None
     finally:
         await engine.dispose()
-    places = [HostPlace.of_row(row) for row in rows] or [HostPlace.of_settings(settings)]
-    return revision, places, server_major
+    if not rows:
+        return State(revision, [HostPlace.of_settings(settings)], server_major, [])
+    return State(revision, [HostPlace.of_row(row) for row in rows], server_major, unplaced)
 
 
 async def make_backup(
@@ -115,8 +137,9 @@ async def make_backup(
     returned in ``failed_hosts``; the caller exits non-zero."""
     await asyncio.to_thread(_refuse_existing, dest)
     started = datetime.now(UTC)
-    revision, places, server_major = await read_state(settings)
-    pg_dump, _ = postgres.find_tool("pg_dump", server_major)
+    state = await read_state(settings)
+    places = state.places
+    pg_dump, _ = postgres.find_tool("pg_dump", state.server_major)
     db = postgres.Database(settings.database_url, "sitefleet-backup")
     partial = dest.with_name(dest.name + PARTIAL)
     (partial / HOSTS_DIR).mkdir(parents=True)
@@ -131,7 +154,7 @@ async def make_backup(
             "bytes": dump_file.stat().st_size,
             "sha256": await asyncio.to_thread(file_digest, dump_file),
             "format": "pg_dump custom",
-            "server_major": server_major,
+            "server_major": state.server_major,
         }
         hosts: list[dict[str, Any]] = []
         failed = []
@@ -147,9 +170,10 @@ async def make_backup(
             "created_at": started.isoformat(),
             "finished_at": datetime.now(UTC).isoformat(),
             "sitefleet_version": sitefleet_version(),
-            "alembic_revision": revision,
+            "alembic_revision": state.revision,
             "database": database,
             "hosts": hosts,
+            "unplaced_sites": state.unplaced,
         }
         manifest_file = partial / MANIFEST
         manifest_file.write_text(json.dumps(manifest, indent=2) + "\n")

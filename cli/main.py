@@ -591,6 +591,14 @@ def backup(
         f"(revision {manifest['alembic_revision']}), {len(ok_hosts)} web host(s) with "
         f"{len(sites)} site(s)"
     )
+    if manifest["unplaced_sites"]:
+        typer.echo(
+            f"warning: {len(manifest['unplaced_sites'])} live site(s) are on no registered web "
+            "host (deployed before hosts were registered; their files are not in the backup): "
+            f"{', '.join(manifest['unplaced_sites'][:5])}; `sitefleet sites redeploy --all` "
+            "places them",
+            err=True,
+        )
     for host in manifest["hosts"]:
         if host["status"] != "ok":
             typer.echo(

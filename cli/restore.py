@@ -320,8 +320,10 @@ def _judge_host(name: str, done: dict[str, Any], report: RestoreReport) -> None:
     if done["conflicts"] and any(d not in done["plan"] for d in done["conflicts"]):
         shown = ", ".join(f"{d} ({r})" for d, r in sorted(done["conflicts"].items())[:5])
         report.problems.append(
-            f"web host {name} serves other releases for {len(done['conflicts'])} site(s), "
-            f"left as they are: {shown}. Pass --yes to switch them to the database's"
+            f"web host {name} serves other releases than the database for "
+            f"{len(done['conflicts'])} site(s) (deployed after the backup?), left as they are: "
+            f"{shown}. The database does not know those releases: pass --yes to serve the "
+            "ones it calls live"
         )
     for domain in done["fallback"]:
         report.warnings.append(

@@ -198,6 +198,32 @@ async def test_backup_then_restore_onto_a_wiped_database_and_wiped_hosts(
         assert again.stdout.count("0 object(s) stored") == 2, again.stdout
         assert "nginx reloaded" not in again.stdout
         assert await pages(ports, list(wanted)) == before
+
+        # The control plane is lost after a site was deployed again: its hosts serve a
+        # release the restored database does not know. Restore leaves it alone unless --yes.
+        platform.start_service("deployer")
+        async with platform.client(token) as api:
+            shop = sites["shop.example"]["id"]
+            patched = await api.patch(
+                f"/v1/sites/{shop}", json={"params": landing_params("Changed after the backup")}
+            )
+            assert patched.status_code in (200, 202), patched.text
+            dep = await wait_deployment(api, patched.json()["latest_deployment_id"])
+            assert dep["status"] == "live", dep
+        newer = await pages(ports, list(wanted))
+        assert newer != before
+        for service in ("api", "deployer"):
+            platform.stop_service(service)
+        lost = sitefleet(platform, "restore", str(backup), "--db-only", "--yes")
+        assert lost.returncode == 0, lost.stderr
+        kept = sitefleet(platform, "restore", str(backup), "--hosts-only")
+        assert kept.returncode == 1 and "shop.example" in kept.stderr, kept.stderr
+        assert "app.example" not in kept.stderr
+        assert await pages(ports, list(wanted)) == newer
+        switched = sitefleet(platform, "restore", str(backup), "--hosts-only", "--yes")
+        assert switched.returncode == 0, switched.stderr
+        assert switched.stdout.count("1 site(s) switched") == 2, switched.stdout
+        assert await pages(ports, list(wanted)) == before
     finally:
         procs.stop(second_proc)  # type: ignore[arg-type]
         shutil.rmtree(root, ignore_errors=True)
