@@ -197,12 +197,21 @@ async def _remote(
             command, encoding=None
         )
         process.stdin.write(_modules() + json.dumps(request).encode() + b"\n")
-        if send is not None:
-            await _send_chunks(process, send)
-        if receive is not None:
-            await _receive_chunks(process, receive)
-        reply = await _frame(process, where)
-    except (asyncssh.Error, OSError) as exc:
+        try:
+            if send is not None:
+                await _send_chunks(process, send)
+            if receive is not None:
+                await _receive_chunks(process, receive)
+            reply = await _frame(process)
+        except asyncio.IncompleteReadError:
+            if conn.is_closed():
+                raise
+            raise SitefleetError(
+                f"{where}: the backup helper ended without an answer: "
+                f"{await _stderr_tail(process)}",
+                code="host_agent_failed",
+            ) from None
+    except (asyncssh.Error, OSError, asyncio.IncompleteReadError) as exc:
         raise Transient(
             f"{where}: the connection failed: {type(exc).__name__}: {exc}",
             code="host_unreachable",
@@ -231,9 +240,7 @@ async def _send_chunks(process: asyncssh.SSHClientProcess[bytes], archive: Path)
             await process.stdin.drain()
         process.stdin.write(CHUNK.pack(0))
         await process.stdin.drain()
-    except (BrokenPipeError, ConnectionResetError, asyncssh.ChannelOpenError):
-        return
-    except asyncssh.Error:
+    except (OSError, asyncssh.Error):
         return
     finally:
         reader.close()
@@ -250,18 +257,16 @@ async def _receive_chunks(
         await asyncio.to_thread(receive, data)
 
 
-async def _frame(process: asyncssh.SSHClientProcess[bytes], where: str) -> dict[str, Any]:
-    try:
-        (size,) = CHUNK.unpack(await process.stdout.readexactly(CHUNK.size))
-        reply: dict[str, Any] = json.loads(await process.stdout.readexactly(size))
-    except asyncio.IncompleteReadError:
-        stderr = b""
-        with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
-            async with asyncio.timeout(5):
-                stderr = await process.stderr.read()
-        tail = stderr.decode(errors="replace").strip()[-_STDERR_TAIL:]
-        raise SitefleetError(
-            f"{where}: the backup helper ended without an answer: {tail or '(no output)'}",
-            code="host_agent_failed",
-        ) from None
+async def _frame(process: asyncssh.SSHClientProcess[bytes]) -> dict[str, Any]:
+    (size,) = CHUNK.unpack(await process.stdout.readexactly(CHUNK.size))
+    reply: dict[str, Any] = json.loads(await process.stdout.readexactly(size))
     return reply
+
+
+async def _stderr_tail(process: asyncssh.SSHClientProcess[bytes]) -> str:
+    stderr = b""
+    with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
+        async with asyncio.timeout(5):
+            stderr = await process.stderr.read()
+    tail = stderr.decode(errors="replace").strip()[-_STDERR_TAIL:]
+    return tail or "(no output)"

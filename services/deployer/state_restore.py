@@ -2,11 +2,12 @@
 
 Objects are stored under their content hash; a release is one immutable directory named by
 its id. So a restore only adds what the host lacks: each object is checked against its
-name before it is stored, each missing release is built from hardlinks as an upload builds
-it (``.tmp-<id>`` renamed whole), and nothing that is served changes until the whole
-stream has been read and its SHA-256 is the one the backup recorded. Only then are the
+name before it is stored, and each missing release is built from hardlinks beside its
+place, as an upload builds it (``.tmp-<id>``). Only once the whole stream has been read
+and its SHA-256 is the one the backup recorded are the releases renamed into place, the
 sites' ``current`` links switched and their rules written (one ``nginx -t`` for all, then
-one reload). Running a restore twice changes nothing the second time.
+one reload); a damaged archive leaves nothing behind but verified objects (garbage the
+next collection removes). Running a restore twice changes nothing the second time.
 
 Stdlib only, like state_archive.py.
 """
@@ -105,41 +106,66 @@ def import_state(
     }
     archived: dict[str, str] = {}
     rules: dict[str, str] = {}
+    # Releases built beside their place (.tmp-<id>), renamed in only once the whole archive
+    # has checked out: a damaged one leaves nothing but verified objects behind.
+    built: list[tuple[Path, Path]] = []
     try:
-        with tarfile.open(fileobj=reader, mode="r|gz") as tar:
-            for member in tar:
-                kind, _, name = member.name.partition("/")
-                if not member.isfile():
-                    raise BadArchive(f"archive member {member.name!r} is not a regular file")
-                data = tar.extractfile(member)
-                assert data is not None  # a regular file
-                if kind == "objects":
-                    stored = _restore_object(store, name, data, member.size)
-                    result["objects_stored" if stored else "objects_present"] += 1
-                elif kind == "releases":
-                    built = _restore_release(store, sites_root, name, _text(member, data))
-                    result["releases_built" if built else "releases_present"] += 1
-                elif kind == "current":
-                    release_id = _text(member, data).strip()
-                    if not RELEASE_ID.match(release_id):
-                        raise BadArchive(f"current/{name} names no release: {release_id!r}")
-                    archived[_domain(name)] = release_id
-                elif kind == "nginx" and name.endswith(".conf"):
-                    rules[_domain(name.removesuffix(".conf"))] = _text(member, data)
-                else:
-                    raise BadArchive(f"unexpected archive member {member.name!r}")
-        reader.drain()
-    except (tarfile.TarError, EOFError, zlib.error, UnicodeDecodeError) as exc:
-        raise BadArchive(f"the archive is damaged or truncated: {exc}") from None
-    digest = reader.digest.hexdigest()
-    if sha256 is not None and digest != sha256:
-        raise BadArchive(
-            f"the archive's SHA-256 is {digest}, the backup recorded {sha256}: nothing served "
-            "was changed"
-        )
+        try:
+            with tarfile.open(fileobj=reader, mode="r|gz") as tar:
+                for member in tar:
+                    _read_member(tar, member, store, sites_root, result, built, archived, rules)
+            reader.drain()
+        except (tarfile.TarError, EOFError, zlib.error, UnicodeDecodeError) as exc:
+            raise BadArchive(f"the archive is damaged or truncated: {exc}") from None
+        digest = reader.digest.hexdigest()
+        if sha256 is not None and digest != sha256:
+            raise BadArchive(
+                f"the archive's SHA-256 is {digest}, the backup recorded {sha256}: nothing "
+                "served was changed"
+            )
+        while built:
+            tmp, final = built.pop(0)
+            os.rename(tmp, final)
+    finally:
+        for tmp, _ in built:
+            shutil.rmtree(tmp, ignore_errors=True)
     result.update(_switch(sites_root, archived, rules, current, nginx_command, force))
     result["sha256"], result["size"] = digest, reader.size
     return result
+
+
+def _read_member(
+    tar: tarfile.TarFile,
+    member: tarfile.TarInfo,
+    store: ObjectStore,
+    sites_root: Path,
+    result: dict[str, Any],
+    built: list[tuple[Path, Path]],
+    archived: dict[str, str],
+    rules: dict[str, str],
+) -> None:
+    kind, _, name = member.name.partition("/")
+    if not member.isfile():
+        raise BadArchive(f"archive member {member.name!r} is not a regular file")
+    data = tar.extractfile(member)
+    assert data is not None  # a regular file
+    if kind == "objects":
+        stored = _restore_object(store, name, data, member.size)
+        result["objects_stored" if stored else "objects_present"] += 1
+    elif kind == "releases":
+        release = _build_release(store, sites_root, name, _text(member, data))
+        if release is not None:
+            built.append(release)
+        result["releases_built" if release else "releases_present"] += 1
+    elif kind == "current":
+        release_id = _text(member, data).strip()
+        if not RELEASE_ID.match(release_id):
+            raise BadArchive(f"current/{name} names no release: {release_id!r}")
+        archived[_domain(name)] = release_id
+    elif kind == "nginx" and name.endswith(".conf"):
+        rules[_domain(name.removesuffix(".conf"))] = _text(member, data)
+    else:
+        raise BadArchive(f"unexpected archive member {member.name!r}")
 
 
 def _switch(
@@ -242,15 +268,18 @@ def _restore_object(store: ObjectStore, key: str, data: IO[bytes], size: int) ->
     return True
 
 
-def _restore_release(store: ObjectStore, sites_root: Path, name: str, text: str) -> bool:
-    """Build one release from its file list, unless the host has it; False if it had."""
+def _build_release(
+    store: ObjectStore, sites_root: Path, name: str, text: str
+) -> tuple[Path, Path] | None:
+    """Build one release from its file list beside its place, unless the host has it;
+    returns (where it was built, its place), or None if the host had it."""
     domain, _, file_name = name.partition("/")
     release_id = file_name.removesuffix(".json")
     if not RELEASE_ID.match(release_id) or not file_name.endswith(".json"):
         raise BadArchive(f"releases/{name} is not a release")
     final = sites_root / _domain(domain) / RELEASES / release_id
     if final.is_dir():
-        return False
+        return None
     try:
         manifest = json.loads(text)
         entries = [Entry(str(p), str(h), int(m), int(s)) for p, h, m, s in manifest["files"]]
@@ -259,12 +288,12 @@ def _restore_release(store: ObjectStore, sites_root: Path, name: str, text: str)
         raise BadArchive(f"releases/{name} is malformed: {exc}") from None
     make_dirs(final.parent)
     tmp = final.with_name(TMP_PREFIX + final.name)
-    if tmp.exists():
+    if tmp.exists():  # debris of a restore or upload that died
         shutil.rmtree(tmp)
     tmp.mkdir()
     os.chmod(tmp, DIR_MODE)
     try:
-        missing = store.materialize(entries, tmp)
+        missing = store.materialize(entries, tmp)  # links pin the objects (objects.py)
         if missing:
             raise BadArchive(
                 f"release {release_id} of {domain} needs {len(missing)} object(s) the archive "
@@ -275,8 +304,7 @@ def _restore_release(store: ObjectStore, sites_root: Path, name: str, text: str)
         raise
     # The release's mtime orders it for pruning (release.py): keep the original upload time.
     os.utime(tmp, ns=(mtime_ns, mtime_ns))
-    os.rename(tmp, final)
-    return True
+    return tmp, final
 
 
 def _activate(site_dir: Path, release_id: str) -> None:

@@ -107,8 +107,9 @@ async def test_a_damaged_archive_switches_nothing(tmp_path: Path) -> None:
         restore(target, bytes(damaged), sha256=hashlib.sha256(data).hexdigest())
     with pytest.raises(BadArchive, match="SHA-256"):
         restore(target, data, sha256="0" * 64)
-    for domain in releases:
+    for domain in releases:  # only verified objects may have been kept
         assert not (target / domain / "current").exists()
+        assert list_releases(target / domain / "releases") == []
     assert read_rules(target, "spa.example") is None
 
 
