@@ -95,7 +95,7 @@ async def read_state(settings: DeployerSettings) -> State:
     conn = await db.connect()
     try:
         server_major = int(await conn.fetchval("SHOW server_version_num")) // 10000
-        revision = None
+        revision: str | None = None
         if await conn.fetchval("SELECT to_regclass('public.alembic_version') IS NOT NULL"):
             revision = await conn.fetchval("SELECT version_num FROM alembic_version")
     finally:

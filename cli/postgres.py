@@ -15,7 +15,7 @@ from pathlib import Path
 import asyncpg
 from sqlalchemy.engine import make_url
 
-from shared.errors import SitefleetError, Unavailable
+from shared.errors import NotFound, SitefleetError, Unavailable
 
 # Debian keeps each major version's tools here; /usr/bin/pg_dump is a wrapper that picks one.
 _VERSIONED_BIN = Path("/usr/lib/postgresql")
@@ -54,12 +54,27 @@ class Database:
         ).render_as_string(hide_password=False)
         self.application_name = application_name
 
+    async def server_major(self) -> int:
+        """The server's major version, asked through the database, or through the
+        ``postgres`` maintenance database while ours does not exist."""
+        try:
+            conn = await self.connect()
+        except NotFound:
+            conn = await self.connect(admin=True)
+        try:
+            return int(await conn.fetchval("SHOW server_version_num")) // 10000
+        finally:
+            await conn.close()
+
     async def connect(self, *, admin: bool = False) -> asyncpg.Connection:
         try:
             return await asyncpg.connect(
                 self.admin_dsn if admin else self.dsn,
                 server_settings={"application_name": self.application_name},
             )
+        except asyncpg.InvalidCatalogNameError:
+            name = "postgres" if admin else self.name
+            raise NotFound(f"database {name} does not exist", code="database_missing") from None
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             name = "postgres" if admin else self.name
             raise Unavailable(

@@ -32,7 +32,7 @@ from cli.host_archive import HostPlace, import_host
 from services.deployer.health import check_release
 from services.deployer.settings import DeployerSettings
 from shared.db import create_engine, create_sessionmaker
-from shared.errors import Conflict, Invalid, SitefleetError, Unavailable
+from shared.errors import Conflict, Invalid, NotFound, SitefleetError, Unavailable
 from shared.migrate import alembic_config, upgrade
 from shared.models import Deployment, Site, SiteHost, WebHost
 
@@ -157,20 +157,21 @@ async def restore_database(
     """Load the dump (see the module docstring); returns what was done."""
     head = check_revision(settings.database_url, manifest.get("alembic_revision"))
     db = postgres.Database(settings.database_url, "sitefleet-restore")
-    admin = await db.connect(admin=True)
-    try:
-        server_major = int(await admin.fetchval("SHOW server_version_num")) // 10000
-        exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", db.name)
-        if not exists:
-            on_step(f"creating database {db.name}")
-            await admin.execute(f'CREATE DATABASE "{db.name.replace(chr(34), chr(34) * 2)}"')
-    finally:
-        await admin.close()
+    server_major = await db.server_major()
     pg_restore, _ = postgres.find_tool("pg_restore", server_major)
     psql, _ = postgres.find_tool("psql", server_major)
     dump_file = root / manifest["database"]["file"]
     await asyncio.to_thread(postgres.check_dump, db, pg_restore, dump_file)
-    conn = await db.connect()
+    try:
+        conn = await db.connect()
+    except NotFound:  # a fresh server: make the (empty) database first
+        on_step(f"creating database {db.name}")
+        admin = await db.connect(admin=True)
+        try:
+            await admin.execute(f'CREATE DATABASE "{db.name.replace(chr(34), chr(34) * 2)}"')
+        finally:
+            await admin.close()
+        conn = await db.connect()
     try:
         running = await conn.fetch(
             "SELECT application_name, count(*) AS n FROM pg_stat_activity"
