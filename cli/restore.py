@@ -36,8 +36,9 @@ from shared.errors import Conflict, Invalid, NotFound, SitefleetError, Unavailab
 from shared.migrate import alembic_config, upgrade
 from shared.models import Deployment, Site, SiteHost, WebHost
 
-# Connections of these applications mean the platform is running (shared/db.py names them).
-_SERVICE_APPS = ("sitefleet-api", "sitefleet-deployer", "sitefleet-dns", "sitefleet-notifier")
+# Each service names its connections sitefleet-<service> (shared/db.py); the CLI's own
+# connections are not services.
+_NOT_SERVICES = ("sitefleet-cli", "sitefleet-backup", "sitefleet-restore")
 # Seconds between checks of a restored site through nginx (a reload takes a moment).
 _CHECK_INTERVAL = 0.3
 
@@ -175,9 +176,10 @@ async def restore_database(
     try:
         running = await conn.fetch(
             "SELECT application_name, count(*) AS n FROM pg_stat_activity"
-            " WHERE datname = current_database() AND application_name = ANY($1::text[])"
+            " WHERE datname = current_database() AND application_name LIKE 'sitefleet-%'"
+            " AND application_name <> ALL($1::text[])"
             " GROUP BY application_name ORDER BY application_name",
-            list(_SERVICE_APPS),
+            list(_NOT_SERVICES),
         )
         tables = await conn.fetchval(
             "SELECT count(*) FROM pg_tables"
