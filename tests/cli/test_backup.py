@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pty
 import shlex
 import shutil
 import subprocess
@@ -46,6 +47,24 @@ def sitefleet(platform: Platform, *args: str) -> subprocess.CompletedProcess[str
         env={**os.environ, **platform.env},
         timeout=300,
     )
+
+
+def on_terminal(argv: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run with stderr on a pseudo-terminal (what a person sees); its exit code and stderr."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=slave, env=env)
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(master)
+    return proc.wait(timeout=300), seen.decode(errors="replace")
 
 
 async def fetch(port: int, domain: str, path: str = "/") -> httpx.Response:
@@ -85,18 +104,19 @@ async def test_backup_then_restore_onto_a_wiped_database_and_wiped_hosts(
         )
         first_nginx = json.loads(platform.env["SITEFLEET_NGINX_COMMAND"])
         ports = (platform.http_port, second.port)
-        for args in (
-            ("web-a", "--sites-root", str(platform.sites_root)),
-            ("web-b", "--ssh", f"{sshd.username}@127.0.0.1:{sshd.port}"),
+        web_a = ("web-a", "--sites-root", str(platform.sites_root))
+        web_b = (
+            *("web-b", "--ssh", f"{sshd.username}@127.0.0.1:{sshd.port}"),
+            *("--key", str(sshd.client_key), "--sites-root", str(second.sites_root)),
+        )
+        for args, port, nginx in (
+            (web_a, ports[0], first_nginx),
+            (web_b, ports[1], second.command),
         ):
-            port, command = (ports[0], first_nginx) if args[0] == "web-a" else (ports[1], None)
-            command = command or second.command
-            extra = ("--key", str(sshd.client_key), "--sites-root", str(second.sites_root))
             added = sitefleet(
                 platform,
                 *("host", "add", *args),
-                *(extra if args[0] == "web-b" else ()),
-                *("--http", f"127.0.0.1:{port}", "--nginx-command", shlex.join(command)),
+                *("--http", f"127.0.0.1:{port}", "--nginx-command", shlex.join(nginx)),
             )
             assert added.returncode == 0, added.stderr
 
@@ -241,7 +261,12 @@ async def test_an_older_backup_goes_into_a_new_database_and_is_migrated(
     await admin.close()
     url = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
     url = f"{url}/{name}"
-    env = {**os.environ, "SITEFLEET_DATABASE_URL": url, "SITEFLEET_SITES_ROOT": str(tmp_path)}
+    env = {
+        **os.environ,
+        "SITEFLEET_DATABASE_URL": url,
+        "SITEFLEET_SITES_ROOT": str(tmp_path),
+        "COLUMNS": "120",
+    }
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         argv = [".venv/bin/sitefleet", *args]
@@ -257,8 +282,9 @@ async def test_an_older_backup_goes_into_a_new_database_and_is_migrated(
     try:
         await asyncio.to_thread(upgrade, url, "0006")
         backup = tmp_path / "old-backup"
-        made = cli("backup", "--output", str(backup))
-        assert made.returncode == 0, made.stderr
+        code, shown = on_terminal([".venv/bin/sitefleet", "backup", "--output", str(backup)], env)
+        assert code == 0, shown
+        assert "backing up web host local" in shown  # the progress bar, on a terminal
         manifest = json.loads((backup / "manifest.json").read_text())
         assert manifest["alembic_revision"] == "0006"
         assert [(h["name"], h["id"], h["status"]) for h in manifest["hosts"]] == [
