@@ -205,7 +205,14 @@ async def restore_database(
     revision = manifest["alembic_revision"]
     if revision != head:
         on_step(f"migrating the database from {revision} to {head}")
-        await asyncio.to_thread(upgrade, settings.database_url)
+        try:
+            await asyncio.to_thread(upgrade, settings.database_url)
+        except (SQLAlchemyError, CommandError) as exc:
+            raise SitefleetError(
+                f"the backup was restored at revision {revision}, but migrating it to {head} "
+                f"failed: {type(exc).__name__}: {exc}; fix that, then `sitefleet db upgrade`",
+                code="migration_failed",
+            ) from None
         return f"restored at revision {revision}, migrated to {head}"
     return f"restored at revision {revision}"
 
