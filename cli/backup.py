@@ -187,6 +187,32 @@ async def make_backup(
     return BackupResult(dest, manifest, failed)
 
 
+def describe_backup(result: BackupResult) -> tuple[str, list[str]]:
+    """The summary line of a backup, and its warnings and errors."""
+    manifest = result.manifest
+    ok_hosts = [h for h in manifest["hosts"] if h["status"] == "ok"]
+    sites = {domain for h in ok_hosts for domain in h["sites"]}
+    summary = (
+        f"backup written to {result.path}: database {manifest['database']['bytes']} bytes "
+        f"(revision {manifest['alembic_revision']}), {len(ok_hosts)} web host(s) with "
+        f"{len(sites)} site(s)"
+    )
+    complaints = []
+    unplaced = manifest["unplaced_sites"]
+    if unplaced:
+        complaints.append(
+            f"warning: {len(unplaced)} live site(s) are on no registered web host (deployed "
+            "before hosts were registered; their files are not in the backup): "
+            f"{', '.join(unplaced[:5])}; `sitefleet sites redeploy --all` places them"
+        )
+    for host in manifest["hosts"]:
+        if host["status"] != "ok":
+            complaints.append(
+                f"error: web host {host['name']} is not in the backup: {host['error']}"
+            )
+    return summary, complaints
+
+
 async def _back_up_host(place: HostPlace, settings: DeployerSettings, into: Path) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "name": place.name,

@@ -557,7 +557,7 @@ def backup(
     from contextlib import ExitStack
     from datetime import UTC, datetime
 
-    from cli.backup import default_path, make_backup
+    from cli.backup import default_path, describe_backup, make_backup
     from cli.progress import progress_bar
     from services.deployer.settings import DeployerSettings
 
@@ -583,27 +583,10 @@ def backup(
     except SitefleetError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(1) from None
-    manifest = result.manifest
-    ok_hosts = [h for h in manifest["hosts"] if h["status"] == "ok"]
-    sites = {domain for h in ok_hosts for domain in h["sites"]}
-    typer.echo(
-        f"backup written to {result.path}: database {manifest['database']['bytes']} bytes "
-        f"(revision {manifest['alembic_revision']}), {len(ok_hosts)} web host(s) with "
-        f"{len(sites)} site(s)"
-    )
-    if manifest["unplaced_sites"]:
-        typer.echo(
-            f"warning: {len(manifest['unplaced_sites'])} live site(s) are on no registered web "
-            "host (deployed before hosts were registered; their files are not in the backup): "
-            f"{', '.join(manifest['unplaced_sites'][:5])}; `sitefleet sites redeploy --all` "
-            "places them",
-            err=True,
-        )
-    for host in manifest["hosts"]:
-        if host["status"] != "ok":
-            typer.echo(
-                f"error: web host {host['name']} is not in the backup: {host['error']}", err=True
-            )
+    summary, complaints = describe_backup(result)
+    typer.echo(summary)
+    for line in complaints:
+        typer.echo(line, err=True)
     if result.failed_hosts:
         raise typer.Exit(1)
 
@@ -638,6 +621,7 @@ def restore(
     from cli.progress import progress_bar
     from cli.restore import (
         RestoreReport,
+        describe_host,
         load_manifest,
         restore_database,
         restore_hosts,
@@ -673,13 +657,7 @@ def restore(
     if report.database:
         typer.echo(f"database: {report.database}")
     for name, done in report.hosts.items():
-        typer.echo(
-            f"web host {name}: {done['objects_stored']} object(s) stored "
-            f"({done['objects_present']} already there), {done['releases_built']} release(s) "
-            f"built ({done['releases_present']} already there), {len(done['activated'])} "
-            f"site(s) switched, {len(done['plan'])} served, nginx rules changed for "
-            f"{len(done['rules_changed'])}{', nginx reloaded' if done['reloaded'] else ''}"
-        )
+        typer.echo(describe_host(name, done))
     for warning in report.warnings:
         typer.echo(f"warning: {warning}", err=True)
     for problem in report.problems:

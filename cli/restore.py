@@ -158,6 +158,8 @@ async def restore_database(
     """Load the dump (see the module docstring); returns what was done."""
     head = check_revision(settings.database_url, manifest.get("alembic_revision"))
     db = postgres.Database(settings.database_url, "sitefleet-restore")
+    on_step(f"restoring database {db.name}")
+    done = []
     server_major = await db.server_major()
     pg_restore, _ = postgres.find_tool("pg_restore", server_major)
     psql, _ = postgres.find_tool("psql", server_major)
@@ -166,7 +168,7 @@ async def restore_database(
     try:
         conn = await db.connect()
     except NotFound:  # a fresh server: make the (empty) database first
-        on_step(f"creating database {db.name}")
+        done.append("created")
         admin = await db.connect(admin=True)
         try:
             await admin.execute(f'CREATE DATABASE "{db.name.replace(chr(34), chr(34) * 2)}"')
@@ -200,11 +202,9 @@ async def restore_database(
             "everything in it: pass --yes to do that",
             code="database_not_empty",
         )
-    on_step(f"restoring database {db.name}")
     await asyncio.to_thread(postgres.restore, db, pg_restore, psql, dump_file, replace=bool(tables))
     revision = manifest["alembic_revision"]
     if revision != head:
-        on_step(f"migrating the database from {revision} to {head}")
         try:
             await asyncio.to_thread(upgrade, settings.database_url)
         except (SQLAlchemyError, CommandError) as exc:
@@ -213,8 +213,10 @@ async def restore_database(
                 f"failed: {type(exc).__name__}: {exc}; fix that, then `sitefleet db upgrade`",
                 code="migration_failed",
             ) from None
-        return f"restored at revision {revision}, migrated to {head}"
-    return f"restored at revision {revision}"
+        done.append(f"restored at revision {revision}, migrated to {head}")
+    else:
+        done.append(f"restored at revision {revision}")
+    return ", ".join(done)
 
 
 async def wanted_releases(
@@ -324,6 +326,18 @@ async def restore_hosts(
             await _check_served(place, done["plan"], report, settings.nginx_reload_timeout)
     for name in sorted(set(rows) - backed_up):
         report.warnings.append(f"web host {name} is registered but not in the backup")
+
+
+def describe_host(name: str, done: dict[str, Any]) -> str:
+    """One line on what the restore did on a web host."""
+    reloaded = ", nginx reloaded" if done["reloaded"] else ""
+    return (
+        f"web host {name}: {done['objects_stored']} object(s) stored "
+        f"({done['objects_present']} already there), {done['releases_built']} release(s) "
+        f"built ({done['releases_present']} already there), {len(done['activated'])} "
+        f"site(s) switched, {len(done['plan'])} served, nginx rules changed for "
+        f"{len(done['rules_changed'])}{reloaded}"
+    )
 
 
 def _judge_host(name: str, done: dict[str, Any], report: RestoreReport) -> None:
