@@ -8,11 +8,12 @@ anything.
     <backup>/database.dump            pg_dump --format=custom
     <backup>/hosts/<host name>.tar.gz  the host's archive (state_archive.py)
 
-The database is dumped first, then the hosts: releases and objects are immutable and
-named by id and content, so a host archive taken after the dump holds every release the
-dump names as live (unless the site was redeployed more than ``SITEFLEET_KEEP_RELEASES``
-times, or removed, in between; restore reports such sites). A restore serves the releases
-the database names, so the archive's newer ones stay unserved until the next deploy.
+The database is dumped first, then the hosts (a few at a time): releases and objects are
+immutable and named by id and content, so a host archive taken after the dump holds every
+release the dump names as live (unless the site was redeployed more than
+``SITEFLEET_KEEP_RELEASES`` times, or removed, in between; restore reports such sites). A
+restore serves the releases the database names, so the archive's newer ones stay unserved
+until the next deploy.
 
 The backup is written to ``<backup>.partial/`` and renamed into place when complete, so a
 directory without that suffix is whole.
@@ -131,10 +132,12 @@ async def make_backup(
     *,
     on_total: Callable[[int], None],
     on_step: Callable[[str], None],
+    parallel: int = 4,
 ) -> BackupResult:
-    """Write the backup to ``dest`` (which must not exist). A host that fails is recorded in
-    the manifest as failed (the rest is still written: the database matters most) and
-    returned in ``failed_hosts``; the caller exits non-zero."""
+    """Write the backup to ``dest`` (which must not exist), reading up to ``parallel`` web
+    hosts at once. A host that fails is recorded in the manifest as failed (the rest is
+    still written: the database matters most) and returned in ``failed_hosts``; the caller
+    exits non-zero."""
     await asyncio.to_thread(_refuse_existing, dest)
     started = datetime.now(UTC)
     state = await read_state(settings)
@@ -156,14 +159,16 @@ async def make_backup(
             "format": "pg_dump custom",
             "server_major": state.server_major,
         }
-        hosts: list[dict[str, Any]] = []
-        failed = []
-        for place in places:
-            on_step(f"backing up web host {place.name}")
-            entry = await _back_up_host(place, settings, partial)
-            hosts.append(entry)
-            if entry["status"] != "ok":
-                failed.append(place.name)
+        gate = asyncio.Semaphore(parallel)
+
+        async def back_up(place: HostPlace) -> dict[str, Any]:
+            async with gate:
+                entry = await _back_up_host(place, settings, partial)
+            on_step(f"backed up web host {place.name}")
+            return entry
+
+        hosts = list(await asyncio.gather(*(back_up(place) for place in places)))
+        failed = [entry["name"] for entry in hosts if entry["status"] != "ok"]
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,

@@ -550,6 +550,7 @@ def backup(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="the backup directory's own path")
     ] = None,
+    parallel: Annotated[int, typer.Option(min=1, help="web hosts read at once")] = 4,
 ) -> None:
     """Back up the database (pg_dump) and every web host's release state (objects,
     releases, current links, nginx rules) into one directory with a manifest of sizes and
@@ -578,7 +579,13 @@ def backup(
                 steps.append(stack.enter_context(progress_bar("backing up", total)))
 
             result = asyncio.run(
-                make_backup(DeployerSettings(), dest, on_total=start, on_step=lambda s: steps[0](s))
+                make_backup(
+                    DeployerSettings(),
+                    dest,
+                    on_total=start,
+                    on_step=lambda s: steps[0](s),
+                    parallel=parallel,
+                )
             )
     except SitefleetError as exc:
         typer.echo(f"error: {exc.message}", err=True)

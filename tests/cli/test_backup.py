@@ -284,7 +284,7 @@ async def test_an_older_backup_goes_into_a_new_database_and_is_migrated(
         backup = tmp_path / "old-backup"
         code, shown = on_terminal([".venv/bin/sitefleet", "backup", "--output", str(backup)], env)
         assert code == 0, shown
-        assert "backing up web host local" in shown  # the progress bar, on a terminal
+        assert "backed up web host local" in shown  # the progress bar, on a terminal
         manifest = json.loads((backup / "manifest.json").read_text())
         assert manifest["alembic_revision"] == "0006"
         assert [(h["name"], h["id"], h["status"]) for h in manifest["hosts"]] == [
