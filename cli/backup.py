@@ -37,11 +37,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from cli import postgres
-from cli.host_archive import HashingFile, HostPlace, export_host
+from cli.host_archive import HashingFile, HostPlace, export_host, registered_hosts
 from services.deployer.settings import DeployerSettings
 from shared.db import create_engine, create_sessionmaker
 from shared.errors import SitefleetError
-from shared.models import Site, SiteHost, WebHost
+from shared.models import Site, SiteHost
 
 FORMAT = "sitefleet-backup"
 FORMAT_VERSION = 1
@@ -104,17 +104,19 @@ async def read_state(settings: DeployerSettings) -> State:
     engine = create_engine(settings.database_url, application_name="sitefleet-backup", pool_size=1)
     try:
         async with create_sessionmaker(engine)() as session:
-            rows = list(await session.scalars(select(WebHost).order_by(WebHost.name)))
-            unplaced = list(
-                await session.scalars(
-                    select(Site.domain)
-                    .where(
-                        Site.live_deployment_id.is_not(None),
-                        ~select(SiteHost.site_id).where(SiteHost.site_id == Site.id).exists(),
+            rows = await registered_hosts(session)
+            unplaced: list[str] = []
+            if rows:
+                unplaced = list(
+                    await session.scalars(
+                        select(Site.domain)
+                        .where(
+                            Site.live_deployment_id.is_not(None),
+                            ~select(SiteHost.site_id).where(SiteHost.site_id == Site.id).exists(),
+                        )
+                        .order_by(Site.domain)
                     )
-                    .order_by(Site.domain)
                 )
-            )
     except SQLAlchemyError as exc:
         raise SitefleetError(
             f"cannot read the web hosts: {type(exc).__name__}: {exc}", code="database_unusable"
@@ -123,7 +125,9 @@ async def read_state(settings: DeployerSettings) -> State:
         await engine.dispose()
     if not rows:
         return State(revision, [HostPlace.of_settings(settings)], server_major, [])
-    return State(revision, [HostPlace.of_row(row) for row in rows], server_major, unplaced)
+    return State(
+        revision, [HostPlace.of_row(row, settings) for row in rows], server_major, unplaced
+    )
 
 
 async def make_backup(

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import asyncssh
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from cli.hosts import connect_pinned
 from services.deployer import hosts, layout, nginx_rules, objects, state_archive, state_restore
@@ -44,13 +46,15 @@ class HostPlace:
     http_port: int
     nginx_command: list[str] | None
     row: WebHost | None
+    # Its nginx's TLS listener (the health check follows a redirect to HTTPS there).
+    https_port: int | None = None
 
     @property
     def kind(self) -> str:
         return self.row.kind if self.row is not None else "local"
 
     @classmethod
-    def of_row(cls, row: WebHost) -> HostPlace:
+    def of_row(cls, row: WebHost, settings: DeployerSettings) -> HostPlace:
         return cls(
             row.name,
             row.sites_root,
@@ -59,6 +63,7 @@ class HostPlace:
             row.http_port,
             list(row.nginx_command) if row.nginx_command else None,
             row,
+            row.https_port or settings.https_port,
         )
 
     @classmethod
@@ -71,7 +76,47 @@ class HostPlace:
             settings.http_port,
             settings.nginx_command,
             None,
+            settings.https_port,
         )
+
+
+# The columns of web_hosts a backup or restore uses. A backup taken before an upgrade's
+# migrations reads a schema older than this code's models: only the columns it has are
+# read (https_port is newer than the rest; a restore has migrated to head first).
+_HOST_COLUMNS = (
+    WebHost.id,
+    WebHost.name,
+    WebHost.kind,
+    WebHost.ssh_user,
+    WebHost.ssh_address,
+    WebHost.ssh_port,
+    WebHost.ssh_key_path,
+    WebHost.host_key,
+    WebHost.sites_root,
+    WebHost.objects_root,
+    WebHost.http_host,
+    WebHost.http_port,
+    WebHost.nginx_command,
+    WebHost.https_port,
+)
+
+
+async def registered_hosts(session: AsyncSession) -> list[WebHost]:
+    """The registered web hosts by name, as (detached) rows holding what a backup or a
+    restore uses. Empty if the schema has no web hosts yet."""
+    present = set(
+        await session.scalars(
+            text(
+                "SELECT column_name FROM information_schema.columns"
+                " WHERE table_schema = 'public' AND table_name = 'web_hosts'"
+            )
+        )
+    )
+    if not present:
+        return []
+    columns = [column for column in _HOST_COLUMNS if column.key in present]
+    rows = await session.execute(select(*columns).order_by(WebHost.name))
+    return [WebHost(**row._asdict()) for row in rows]
 
 
 class HashingFile:

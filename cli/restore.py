@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cli import postgres
 from cli.backup import FORMAT, FORMAT_VERSION, MANIFEST, file_digest
-from cli.host_archive import HostPlace, import_host
+from cli.host_archive import HostPlace, import_host, registered_hosts
 from services.deployer.health import check_release
 from services.deployer.settings import DeployerSettings
 from shared.db import create_engine, create_sessionmaker
@@ -242,7 +242,7 @@ async def _read_wanted(
     engine: AsyncEngine,
 ) -> tuple[dict[str, WebHost], dict[str | None, dict[str, str]]]:
     async with create_sessionmaker(engine)() as session:
-        rows = list(await session.scalars(select(WebHost)))
+        rows = await registered_hosts(session)
         sites = (
             await session.execute(
                 select(Site.id, Site.domain, Site.live_deployment_id).where(
@@ -303,7 +303,7 @@ async def restore_hosts(
         if entry["id"] is None:
             place, host_id = HostPlace.of_settings(settings), None
         elif name in rows:
-            place, host_id = HostPlace.of_row(rows[name]), rows[name].id
+            place, host_id = HostPlace.of_row(rows[name], settings), rows[name].id
         else:
             report.warnings.append(f"web host {name} is not registered in the database: skipped")
             continue
@@ -336,7 +336,8 @@ def describe_host(name: str, done: dict[str, Any]) -> str:
         f"({done['objects_present']} already there), {done['releases_built']} release(s) "
         f"built ({done['releases_present']} already there), {len(done['activated'])} "
         f"site(s) switched, {len(done['plan'])} served, nginx rules changed for "
-        f"{len(done['rules_changed'])}{reloaded}"
+        f"{len(done['rules_changed'])}, {len(done['certificates'])} certificate file(s) "
+        f"written{reloaded}"
     )
 
 
@@ -374,6 +375,7 @@ async def _check_served(
                     release,
                     http_host=place.http_host,
                     http_port=place.http_port,
+                    https_port=place.https_port,
                     request_timeout=5,
                 )
             except SitefleetError as exc:

@@ -1,6 +1,6 @@
 """A web host's release state as one archive (``sitefleet backup``): the objects its
-releases use, each release's file list, each site's ``current`` and its nginx rules file,
-written as a gzipped tar stream. state_restore.py puts such a stream back.
+releases use, each release's file list, each site's ``current``, its nginx rules file and
+its certificate files, written as a gzipped tar stream. state_restore.py puts it back.
 
 Stdlib only: run in the CLI's process for a local host and on SSH hosts by the host's
 python3 (transport/host_backup.py ships it).
@@ -13,6 +13,10 @@ Archive members, in stream order (a restore reads them once, front to back)::
                                           mode, size], ...]}  (the upload's manifest)
     current/<domain>                      the release id ``current`` points at
     nginx/<domain>.conf                   the site's rules file (nginx_rules.py)
+    tls/<name>.pem                        a served name's key and certificate chain
+                                          (layout.py; 0600 in the archive)
+    end.json                              {"objects": n, "releases": n}: the archive is
+                                          whole (tar itself ends quietly when cut short)
 """
 
 from __future__ import annotations
@@ -33,8 +37,10 @@ from services.deployer.layout import (
     OBJECTS,
     RELEASES,
     RULES,
+    TLS,
     list_releases,
     read_current,
+    served_names,
 )
 from services.deployer.objects import (
     EXEC_MODE,
@@ -46,6 +52,8 @@ from services.deployer.objects import (
 )
 
 CHUNK_BYTES = 1024 * 1024
+# The last member: what came before it, so a stream cut short is known to be.
+END = "end.json"
 DOMAIN = re.compile(r"^[a-z0-9][a-z0-9.-]{0,252}$")
 _COPY = re.compile(r"^([0-9a-f]{64}(?:-x)?)(?:\.[1-9][0-9]*)?$")
 
@@ -56,7 +64,8 @@ class BadArchive(ValueError):
 
 def export_state(sites_root: Path, objects_root: Path | None, out: IO[bytes]) -> dict[str, Any]:
     """Write the host's release state to ``out`` as a gzipped tar stream; return what it
-    holds: ``{"sites": {domain: {"current", "releases", "rules"}}, "objects", "bytes"}``.
+    holds: ``{"sites": {domain: {"current", "releases", "rules", "tls"}}, "objects",
+    "bytes"}`` (``tls``: the served names with a certificate file).
 
     Objects that no release uses (garbage not yet collected) and uploads that died half-way
     are left out. Releases are listed oldest upload first, as pruning orders them."""
@@ -94,13 +103,32 @@ def export_state(sites_root: Path, objects_root: Path | None, out: IO[bytes]) ->
                 _add_bytes(tar, f"current/{domain}", current)
             else:
                 current = None
-            summary["sites"][domain] = {"current": current, "releases": kept, "rules": False}
+            summary["sites"][domain] = {
+                "current": current,
+                "releases": kept,
+                "rules": False,
+                "tls": [],
+            }
         rules_dir = sites_root / RULES
         for domain in _rules_names(rules_dir):
             _add_bytes(tar, f"nginx/{domain}.conf", (rules_dir / f"{domain}.conf").read_bytes())
-            site = summary["sites"].setdefault(domain, {"current": None, "releases": []})
-            site["rules"] = True
+            _site(summary, domain)["rules"] = True
+        tls_dir = sites_root / TLS
+        by_name = {name: d for d in summary["sites"] for name in served_names(d)}
+        for name in _names(tls_dir, ".pem"):
+            pem = (tls_dir / f"{name}.pem").read_bytes()
+            _add_bytes(tar, f"tls/{name}.pem", pem, mode=0o600)
+            _site(summary, by_name.get(name, name))["tls"].append(name)
+        releases = sum(len(site["releases"]) for site in summary["sites"].values())
+        end = {"objects": summary["objects"], "releases": releases}
+        _add_bytes(tar, END, json.dumps(end))
     return summary
+
+
+def _site(summary: dict[str, Any], domain: str) -> dict[str, Any]:
+    empty: dict[str, Any] = {"current": None, "releases": [], "rules": False, "tls": []}
+    site: dict[str, Any] = summary["sites"].setdefault(domain, empty)
+    return site
 
 
 def _site_names(sites_root: Path) -> list[str]:
@@ -114,13 +142,18 @@ def _site_names(sites_root: Path) -> list[str]:
 
 
 def _rules_names(rules_dir: Path) -> list[str]:
-    if not rules_dir.is_dir():
+    return _names(rules_dir, ".conf")
+
+
+def _names(directory: Path, suffix: str) -> list[str]:
+    """The host names of ``<name><suffix>`` files in ``directory`` (not temp files)."""
+    if not directory.is_dir():
         return []
     names = []
-    for entry in os.scandir(rules_dir):
-        domain = entry.name.removesuffix(".conf")
-        if entry.name.endswith(".conf") and DOMAIN.match(domain) and entry.is_file():
-            names.append(domain)
+    for entry in os.scandir(directory):
+        name = entry.name.removesuffix(suffix)
+        if entry.name.endswith(suffix) and DOMAIN.match(name) and entry.is_file():
+            names.append(name)
     return sorted(names)
 
 
@@ -180,9 +213,9 @@ def _add_file(tar: tarfile.TarFile, name: str, path: Path, info: os.stat_result,
         tar.addfile(member, reader)
 
 
-def _add_bytes(tar: tarfile.TarFile, name: str, data: str | bytes) -> None:
+def _add_bytes(tar: tarfile.TarFile, name: str, data: str | bytes, mode: int = FILE_MODE) -> None:
     raw = data.encode() if isinstance(data, str) else data
     member = tarfile.TarInfo(name)
     member.size = len(raw)
-    member.mode = FILE_MODE
+    member.mode = mode
     tar.addfile(member, io.BytesIO(raw))

@@ -5,9 +5,10 @@ its id. So a restore only adds what the host lacks: each object is checked again
 name before it is stored, and each missing release is built from hardlinks beside its
 place, as an upload builds it (``.tmp-<id>``). Only once the whole stream has been read
 and its SHA-256 is the one the backup recorded are the releases renamed into place, the
-sites' ``current`` links switched and their rules written (one ``nginx -t`` for all, then
-one reload); a damaged archive leaves nothing behind but verified objects (garbage the
-next collection removes). Running a restore twice changes nothing the second time.
+sites' ``current`` links switched, their rules written (one ``nginx -t`` for all, then
+one reload) and their certificate files put back (layout.write_certificates: nginx reads
+them per handshake); a damaged archive leaves nothing behind but verified objects
+(garbage the next collection removes). Running a restore twice changes nothing.
 
 Stdlib only, like state_archive.py.
 """
@@ -24,6 +25,7 @@ import secrets
 import shutil
 import tarfile
 import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -32,9 +34,12 @@ from services.deployer.layout import (
     OBJECTS,
     RELEASE_ID,
     RELEASES,
+    TLS,
     TMP_PREFIX,
     make_dirs,
     read_current,
+    served_names,
+    write_certificates,
 )
 from services.deployer.nginx_rules import reload_nginx, replace_rules
 from services.deployer.objects import (
@@ -47,11 +52,13 @@ from services.deployer.objects import (
     Entry,
     ObjectStore,
 )
-from services.deployer.state_archive import CHUNK_BYTES, DOMAIN, BadArchive
+from services.deployer.state_archive import CHUNK_BYTES, DOMAIN, END, BadArchive
 
 _KEY = re.compile(r"^[0-9a-f]{64}(?:-x)?$")
 # Largest member read into memory: a release's file list, a `current` or a rules file.
 _MAX_TEXT_MEMBER = 256 * 1024 * 1024
+# A certificate file: key and full chain (tls.py's MAX_PEM_BYTES, and the key).
+_MAX_PEM = 256 * 1024
 
 
 class _Hashing(io.RawIOBase):
@@ -76,6 +83,18 @@ class _Hashing(io.RawIOBase):
         """Read to the end (the tar reader stops at its end-of-archive blocks)."""
         while self._raw.read(CHUNK_BYTES):
             pass
+
+
+@dataclass
+class _Held:
+    """What the archive holds besides objects: releases built (not yet in place), each
+    site's archived ``current``, rules files, certificate files by served name."""
+
+    built: list[tuple[Path, Path]] = field(default_factory=list)
+    current: dict[str, str] = field(default_factory=dict)
+    rules: dict[str, str] = field(default_factory=dict)
+    tls: dict[str, bytes] = field(default_factory=dict)
+    end: dict[str, Any] | None = None
 
 
 def import_state(
@@ -104,19 +123,19 @@ def import_state(
         "releases_built": 0,
         "releases_present": 0,
     }
-    archived: dict[str, str] = {}
-    rules: dict[str, str] = {}
-    # Releases built beside their place (.tmp-<id>), renamed in only once the whole archive
-    # has checked out: a damaged one leaves nothing but verified objects behind.
-    built: list[tuple[Path, Path]] = []
+    # Releases are built beside their place (.tmp-<id>) and renamed in only once the whole
+    # archive has checked out: a damaged one leaves nothing but verified objects behind.
+    held = _Held()
+    built = held.built
     try:
         try:
             with tarfile.open(fileobj=reader, mode="r|gz") as tar:
                 for member in tar:
-                    _read_member(tar, member, store, sites_root, result, built, archived, rules)
+                    _read_member(tar, member, store, sites_root, result, held)
             reader.drain()
         except (tarfile.TarError, EOFError, zlib.error, UnicodeDecodeError) as exc:
             raise BadArchive(f"the archive is damaged or truncated: {exc}") from None
+        _check_end(held, result)
         digest = reader.digest.hexdigest()
         if sha256 is not None and digest != sha256:
             raise BadArchive(
@@ -129,7 +148,7 @@ def import_state(
     finally:
         for tmp, _ in built:
             shutil.rmtree(tmp, ignore_errors=True)
-    result.update(_switch(sites_root, archived, rules, current, nginx_command, force))
+    result.update(_switch(sites_root, held, current, nginx_command, force))
     result["sha256"], result["size"] = digest, reader.size
     return result
 
@@ -140,42 +159,65 @@ def _read_member(
     store: ObjectStore,
     sites_root: Path,
     result: dict[str, Any],
-    built: list[tuple[Path, Path]],
-    archived: dict[str, str],
-    rules: dict[str, str],
+    held: _Held,
 ) -> None:
     kind, _, name = member.name.partition("/")
     if not member.isfile():
         raise BadArchive(f"archive member {member.name!r} is not a regular file")
+    if held.end is not None:
+        raise BadArchive(f"archive member {member.name!r} follows the end marker")
     data = tar.extractfile(member)
     assert data is not None  # a regular file
-    if kind == "objects":
+    if member.name == END:
+        try:
+            held.end = dict(json.loads(_text(member, data)))
+        except (ValueError, TypeError) as exc:
+            raise BadArchive(f"the end marker is malformed: {exc}") from None
+    elif kind == "objects":
         stored = _restore_object(store, name, data, member.size)
         result["objects_stored" if stored else "objects_present"] += 1
     elif kind == "releases":
         release = _build_release(store, sites_root, name, _text(member, data))
         if release is not None:
-            built.append(release)
+            held.built.append(release)
         result["releases_built" if release else "releases_present"] += 1
     elif kind == "current":
         release_id = _text(member, data).strip()
         if not RELEASE_ID.match(release_id):
             raise BadArchive(f"current/{name} names no release: {release_id!r}")
-        archived[_domain(name)] = release_id
+        held.current[_domain(name)] = release_id
     elif kind == "nginx" and name.endswith(".conf"):
-        rules[_domain(name.removesuffix(".conf"))] = _text(member, data)
+        held.rules[_domain(name.removesuffix(".conf"))] = _text(member, data)
+    elif kind == "tls" and name.endswith(".pem"):
+        if member.size > _MAX_PEM:
+            raise BadArchive(f"{member.name} is too large ({member.size} bytes)")
+        held.tls[_domain(name.removesuffix(".pem"))] = data.read()
     else:
         raise BadArchive(f"unexpected archive member {member.name!r}")
 
 
+def _check_end(held: _Held, result: dict[str, Any]) -> None:
+    """The stream ended with its end marker, after as many objects and releases as it
+    announces."""
+    if held.end is None:
+        raise BadArchive("the archive is truncated: its end marker is missing")
+    objects = result["objects_stored"] + result["objects_present"]
+    releases = result["releases_built"] + result["releases_present"]
+    if (held.end.get("objects"), held.end.get("releases")) != (objects, releases):
+        raise BadArchive(
+            f"the archive announces {held.end.get('objects')} objects and "
+            f"{held.end.get('releases')} releases but holds {objects} and {releases}"
+        )
+
+
 def _switch(
     sites_root: Path,
-    archived: dict[str, str],
-    rules: dict[str, str],
+    held: _Held,
     current: dict[str, str] | None,
     nginx_command: list[str] | None,
     force: bool,
 ) -> dict[str, Any]:
+    archived = held.current
     wanted = dict(archived) if current is None else current
     plan: dict[str, str] = {}
     fallback, missing = [], []
@@ -200,10 +242,11 @@ def _switch(
         "missing": missing,
         "conflicts": conflicts,
     }
-    if not force:  # those sites keep serving what they serve, rules included
+    if not force:  # those sites keep serving what they serve, rules and certificates too
         plan = {d: r for d, r in plan.items() if d not in conflicts}
         outcome["plan"] = plan
-    changed = replace_rules(sites_root, {d: rules.get(d) for d in plan}, nginx_command)
+    changed = replace_rules(sites_root, {d: held.rules.get(d) for d in plan}, nginx_command)
+    certificates = _restore_certificates(sites_root, held.tls, plan)
     activated = []
     for domain, release_id in plan.items():
         if served[domain] != release_id:
@@ -213,8 +256,31 @@ def _switch(
     if reloaded:
         assert nginx_command is not None
         reload_nginx(sites_root, nginx_command)
-    outcome.update(activated=activated, rules_changed=changed, reloaded=reloaded)
+    outcome.update(
+        activated=activated, rules_changed=changed, reloaded=reloaded, certificates=certificates
+    )
     return outcome
+
+
+def _restore_certificates(
+    sites_root: Path, tls: dict[str, bytes], plan: dict[str, str]
+) -> list[str]:
+    """Write each served name's certificate file the archive holds, unless the host has
+    that very file (nginx reads them per handshake: no reload). Returns the names written."""
+    written = []
+    for domain in plan:
+        for name in served_names(domain):
+            pem = tls.get(name)
+            if pem is None:
+                continue
+            try:
+                if (sites_root / TLS / f"{name}.pem").read_bytes() == pem:
+                    continue
+            except OSError:  # none yet (or unreadable): write it
+                pass
+            write_certificates(sites_root, [name], pem)
+            written.append(name)
+    return written
 
 
 def _domain(name: str) -> str:

@@ -2,8 +2,9 @@
 landing page and an spa with nginx rules) live on two web hosts (one on this machine, one
 over SSH, each behind its own nginx); a backup; a damaged or truncated backup is refused
 and changes nothing; then the database is dropped and both hosts wiped, and the restore
-brings every page back, byte for byte, with its rules, without a rebuild, and the API shows
-the sites again (the same token works); a second restore changes nothing."""
+brings every page back, byte for byte, with its rules and its HTTPS certificate, without a
+rebuild, and the API shows the sites again (the same token works); a second restore changes
+nothing; a site deployed after the backup is left alone unless --yes."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import os
 import pty
 import shlex
 import shutil
+import socket
+import ssl
 import subprocess
 from pathlib import Path
 
@@ -20,10 +23,13 @@ import asyncpg
 import httpx
 import pytest
 from alembic.script import ScriptDirectory
+from cryptography import x509
 
 from cli.devstack import procs
+from services.deployer.layout import TLS, served_names, write_certificates
 from shared.migrate import alembic_config, upgrade
 from shared.template_packs import TemplateCatalog
+from tests.deployer.test_tls_hosts import LocalCa
 from tests.e2e.helpers import landing_params, wait_deployment
 from tests.fixtures.components import run_nginx, world_readable_tempdir
 from tests.fixtures.isolation import PG_ADMIN_URL, drop_database
@@ -67,30 +73,63 @@ def on_terminal(argv: list[str], env: dict[str, str]) -> tuple[int, str]:
     return proc.wait(timeout=300), seen.decode(errors="replace")
 
 
-async def fetch(port: int, domain: str, path: str = "/") -> httpx.Response:
-    async with httpx.AsyncClient(timeout=5) as web:
-        return await web.get(f"http://127.0.0.1:{port}{path}", headers={"Host": domain})
+async def fetch(http: tuple[int, int], domain: str, path: str) -> httpx.Response:
+    """GET as a visitor would: over HTTP, then, when redirected to HTTPS, over the host's
+    TLS listener (SNI and Host = the site)."""
+    port, tls_port = http
+    # verify=False: served_serial checks the certificates; this only reads the pages.
+    async with httpx.AsyncClient(timeout=5, verify=False, trust_env=False) as web:  # noqa: S501
+        page = await web.get(f"http://127.0.0.1:{port}{path}", headers={"Host": domain})
+        if page.status_code == 301 and page.headers["location"].startswith(f"https://{domain}"):
+            page = await web.get(
+                f"https://127.0.0.1:{tls_port}{path}",
+                headers={"Host": domain},
+                extensions={"sni_hostname": domain},
+            )
+        return page
 
 
-async def pages(ports: tuple[int, ...], domains: list[str]) -> dict[tuple[int, str, str], str]:
-    """What each host serves for each site and path: "<status> <body>"."""
+async def pages(
+    hosts: tuple[tuple[int, int], ...], domains: list[str]
+) -> dict[tuple[int, str, str], str]:
+    """What each host serves for each site and path: "<status> <scheme> <body>"."""
     seen = {}
-    for port in ports:
+    for http in hosts:
         for domain in domains:
             for path in PATHS[domain]:
-                page = await fetch(port, domain, path)
-                seen[(port, domain, path)] = f"{page.status_code} {page.text}"
+                page = await fetch(http, domain, path)
+                seen[(http[0], domain, path)] = f"{page.status_code} {page.url.scheme} {page.text}"
     return seen
 
 
 def wipe(sites_root: Path, nginx_command: list[str]) -> None:
-    """The web host loses everything: sites, object store, rules (and nginx forgets them)."""
+    """The web host loses everything: sites, object store, rules (and nginx forgets them),
+    certificates. Only the empty ``.tls`` directory stays, with the group nginx's workers
+    read it as, as ``sitefleet host bootstrap`` makes it again on a new machine."""
     for entry in sites_root.iterdir():
-        if entry.is_dir() and not entry.is_symlink():
+        if entry.name == TLS:
+            for pem in entry.iterdir():
+                pem.unlink()
+        elif entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
         else:
             entry.unlink()
     subprocess.run([*nginx_command, "-s", "reload"], check=True, capture_output=True)
+
+
+def served_serial(ca: LocalCa, port: int, name: str) -> int | None:
+    """The serial of the certificate the TLS listener presents for ``name`` (SNI), if it
+    presents one this test's CA signed for that name."""
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+            ca.context().wrap_socket(raw, server_hostname=name) as tls,
+        ):
+            der = tls.getpeercert(binary_form=True)
+    except (ssl.SSLError, OSError):
+        return None
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
 
 
 async def test_backup_then_restore_onto_a_wiped_database_and_wiped_hosts(
@@ -108,6 +147,7 @@ async def test_backup_then_restore_onto_a_wiped_database_and_wiped_hosts(
         web_b = (
             *("web-b", "--ssh", f"{sshd.username}@127.0.0.1:{sshd.port}"),
             *("--key", str(sshd.client_key), "--sites-root", str(second.sites_root)),
+            *("--https-port", str(second.https_port)),  # its own TLS listener
         )
         for args, port, nginx in (
             (web_a, ports[0], first_nginx),
@@ -137,8 +177,23 @@ async def test_backup_then_restore_onto_a_wiped_database_and_wiped_hosts(
             for site in sites.values():
                 dep = await wait_deployment(api, site["latest_deployment_id"], timeout=120)
                 assert dep["status"] == "live", dep
-        before = await pages(ports, list(wanted))
+        # Both hosts serve shop.example over HTTPS too (certificate files as the deployer
+        # installs them; a CA of the test's own).
+        ca = LocalCa(tmp_path)
+        issued = ca.issue(served_names("shop.example")[:2])
+        tls_ports = (int(platform.env["SITEFLEET_HTTPS_PORT"]), second.https_port)
+        hosts = tuple(zip(ports, tls_ports, strict=True))
+        for sites_root in (platform.sites_root, second.sites_root):
+            pem = (issued.key_pem + issued.chain_pem).encode()
+            write_certificates(sites_root, served_names("shop.example")[:2], pem)
+        for port in tls_ports:
+            assert await asyncio.to_thread(served_serial, ca, port, "shop.example") == issued.serial
+        before = await pages(hosts, list(wanted))
         assert all(seen.startswith("200 ") for seen in before.values()), before
+        assert all(
+            (" https " in seen) == (domain == "shop.example")
+            for (_, domain, _), seen in before.items()
+        ), before
 
         # A third host, registered after the sites were placed, is down during the backup:
         # the backup is still written (database and the other hosts) but exits 1.
@@ -179,7 +234,7 @@ async def test_backup_then_restore_onto_a_wiped_database_and_wiped_hosts(
         # With the platform running a restore of the database is refused too.
         refused = sitefleet(platform, "restore", str(backup), "--db-only", "--yes")
         assert refused.returncode == 1 and "sitefleet-api" in refused.stderr, refused.stderr
-        assert await pages(ports, list(wanted)) == before
+        assert await pages(hosts, list(wanted)) == before
         async with platform.client(token) as api:
             assert (await api.get(f"/v1/sites/{sites['shop.example']['id']}")).status_code == 200
 
@@ -191,16 +246,23 @@ async def test_backup_then_restore_onto_a_wiped_database_and_wiped_hosts(
         wipe(second.sites_root, second.command)
 
         async def all_gone() -> bool:
-            return all(s.startswith("404 ") for s in (await pages(ports, list(wanted))).values())
+            return all(s.startswith("404 ") for s in (await pages(hosts, list(wanted))).values())
 
         await wait_until(all_gone, timeout=30, what="the wiped hosts to serve nothing")
+        for port in tls_ports:
+            assert await asyncio.to_thread(served_serial, ca, port, "www.shop.example") is None
 
         restored = sitefleet(platform, "restore", str(backup))
         assert restored.returncode == 0, restored.stdout + restored.stderr
         assert "warning: web host web-c was not in the backup" in restored.stderr
         assert "2 site(s) switched" in restored.stdout and "nginx reloaded" in restored.stdout
-        # restore checked each site through nginx before it returned; pages are the same.
-        assert await pages(ports, list(wanted)) == before
+        # restore checked each site through nginx before it returned; pages are the same,
+        # and so are the certificates (nginx reads them per handshake: no reload needed).
+        assert await pages(hosts, list(wanted)) == before
+        assert restored.stdout.count("2 certificate file(s) written") == 2, restored.stdout
+        for port in tls_ports:
+            for name in served_names("shop.example")[:2]:
+                assert await asyncio.to_thread(served_serial, ca, port, name) == issued.serial
 
         platform.start_service("api")
         await platforms.wait_api(platform)
@@ -217,7 +279,7 @@ async def test_backup_then_restore_onto_a_wiped_database_and_wiped_hosts(
         assert again.stdout.count("0 site(s) switched") == 2, again.stdout
         assert again.stdout.count("0 object(s) stored") == 2, again.stdout
         assert "nginx reloaded" not in again.stdout
-        assert await pages(ports, list(wanted)) == before
+        assert await pages(hosts, list(wanted)) == before
 
         # The control plane is lost after a site was deployed again: its hosts serve a
         # release the restored database does not know. Restore leaves it alone unless --yes.
@@ -230,7 +292,7 @@ async def test_backup_then_restore_onto_a_wiped_database_and_wiped_hosts(
             assert patched.status_code in (200, 202), patched.text
             dep = await wait_deployment(api, patched.json()["latest_deployment_id"])
             assert dep["status"] == "live", dep
-        newer = await pages(ports, list(wanted))
+        newer = await pages(hosts, list(wanted))
         assert newer != before
         for service in ("api", "deployer"):
             platform.stop_service(service)
@@ -239,11 +301,11 @@ async def test_backup_then_restore_onto_a_wiped_database_and_wiped_hosts(
         kept = sitefleet(platform, "restore", str(backup), "--hosts-only")
         assert kept.returncode == 1 and "shop.example" in kept.stderr, kept.stderr
         assert "app.example" not in kept.stderr
-        assert await pages(ports, list(wanted)) == newer
+        assert await pages(hosts, list(wanted)) == newer
         switched = sitefleet(platform, "restore", str(backup), "--hosts-only", "--yes")
         assert switched.returncode == 0, switched.stderr
         assert switched.stdout.count("1 site(s) switched") == 2, switched.stdout
-        assert await pages(ports, list(wanted)) == before
+        assert await pages(hosts, list(wanted)) == before
     finally:
         procs.stop(second_proc)  # type: ignore[arg-type]
         shutil.rmtree(root, ignore_errors=True)

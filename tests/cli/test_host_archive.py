@@ -41,7 +41,7 @@ def ssh_place(sshd: Sshd, sites_root: Path) -> HostPlace:
         nginx_listen=None,
         enabled=True,
     )
-    return HostPlace.of_row(row)
+    return HostPlace.of_row(row, DeployerSettings())
 
 
 async def test_a_host_s_state_goes_out_and_back_over_ssh(sshd: Sshd, tmp_path: Path) -> None:
@@ -58,7 +58,9 @@ async def test_a_host_s_state_goes_out_and_back_over_ssh(sshd: Sshd, tmp_path: P
     buffer = io.BytesIO()
     out = HashingFile(buffer)
     held = await export_host(ssh_place(sshd, source), settings, out)
-    assert held["sites"] == {DOMAIN: {"current": release, "releases": [release], "rules": False}}
+    assert held["sites"] == {
+        DOMAIN: {"current": release, "releases": [release], "rules": False, "tls": []}
+    }
     archive = tmp_path / "web-t.tar.gz"
     await asyncio.to_thread(archive.write_bytes, buffer.getvalue())
 

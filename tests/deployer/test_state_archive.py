@@ -1,9 +1,9 @@
 """A web host's release state written as an archive and put back (state_archive.py,
 state_restore.py), on plain directories: the restored host has the same releases
-(hardlinks into its own store, modes and upload order kept), the same ``current`` and
-rules; a second restore changes nothing; a damaged archive switches nothing; a site served
-differently is only switched with force. The whole path through the CLI, nginx and SSH is
-tests/cli/test_backup.py."""
+(hardlinks into its own store, modes and upload order kept), the same ``current``, rules
+and certificate files; a second restore changes nothing; a damaged or truncated archive
+switches nothing; a site served differently is only switched with force. The whole path
+through the CLI, nginx and SSH is tests/cli/test_backup.py."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from services.deployer.layout import list_releases, read_current
+from services.deployer.layout import list_releases, read_current, write_certificates
 from services.deployer.nginx_rules import read_rules, replace_rules
 from services.deployer.release import LocalHost
 from services.deployer.state_archive import BadArchive, export_state
@@ -24,6 +24,7 @@ from services.deployer.state_restore import import_state
 from shared.ids import new_id
 
 RULES = "server { listen 127.0.0.1:1; server_name spa.example; }\n"
+PEM = b"-----BEGIN PRIVATE KEY-----\n(a key and its chain)\n"
 
 
 async def build_host(root: Path, tmp_path: Path) -> tuple[LocalHost, dict[str, list[str]]]:
@@ -43,6 +44,7 @@ async def build_host(root: Path, tmp_path: Path) -> tuple[LocalHost, dict[str, l
             releases.setdefault(domain, []).append(release)
         await host.activate(domain, releases[domain][0])  # a rollback: not the newest
     replace_rules(root, {"spa.example": RULES}, None)
+    write_certificates(root, ["spa.example", "www.spa.example"], PEM)
     return host, releases
 
 
@@ -66,6 +68,7 @@ async def test_an_archive_puts_the_same_releases_current_and_rules_back(tmp_path
         "current": releases["spa.example"][0],
         "releases": releases["spa.example"],
         "rules": True,
+        "tls": ["spa.example", "www.spa.example"],
     }
     # index.html x4, style.css once, tool.sh once (same bytes and mode everywhere).
     assert summary["objects"] == 6
@@ -86,11 +89,16 @@ async def test_an_archive_puts_the_same_releases_current_and_rules_back(tmp_path
     css = target / "plain.example" / "releases" / releases["plain.example"][0] / "assets/style.css"
     assert css.stat().st_nlink == 1 + 4  # the store's link and one per release: deduplicated
     assert read_rules(target, "spa.example") == RULES
+    assert done["certificates"] == ["spa.example", "www.spa.example"]
+    for name in done["certificates"]:
+        pem = target / ".tls" / f"{name}.pem"
+        assert pem.read_bytes() == PEM and stat.S_IMODE(pem.stat().st_mode) == 0o600
 
     again = restore(target, data)
     assert (again["objects_stored"], again["objects_present"]) == (0, 6)
     assert (again["releases_built"], again["releases_present"]) == (0, 4)
     assert again["activated"] == [] and again["rules_changed"] == []
+    assert again["certificates"] == []
 
 
 async def test_a_damaged_archive_switches_nothing(tmp_path: Path) -> None:
@@ -99,8 +107,9 @@ async def test_a_damaged_archive_switches_nothing(tmp_path: Path) -> None:
     data, _ = archive_of(source)
     target = tmp_path / "b"
 
-    with pytest.raises(BadArchive):
-        restore(target, data[: len(data) // 2])
+    for cut in range(1, 8):  # wherever the stream is cut, even between tar members
+        with pytest.raises(BadArchive):
+            restore(target, data[: len(data) * cut // 8])
     damaged = bytearray(data)
     damaged[len(data) // 2] ^= 0xFF
     with pytest.raises(BadArchive):  # a bad object, a bad stream, or else the checksum
@@ -111,6 +120,7 @@ async def test_a_damaged_archive_switches_nothing(tmp_path: Path) -> None:
         assert not (target / domain / "current").exists()
         assert list_releases(target / domain / "releases") == []
     assert read_rules(target, "spa.example") is None
+    assert not (target / ".tls").exists()
 
 
 async def test_the_database_s_release_wins_and_another_served_release_needs_force(
