@@ -540,6 +540,142 @@ def domain_check(name: Annotated[str, typer.Argument(help="a domain name")]) -> 
         raise typer.Exit(1) from None
 
 
+@app.command("backup")
+def backup(
+    dest_dir: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="DEST_DIR",
+            help="where to write it (created if missing): a new sitefleet-backup-<UTC time>/",
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="the backup directory's own path")
+    ] = None,
+    parallel: Annotated[int, typer.Option(min=1, help="web hosts read at once")] = 4,
+) -> None:
+    """Back up the database (pg_dump) and every web host's release state (objects,
+    releases, current links, nginx rules) into one directory with a manifest of sizes and
+    checksums. Exits 1 if anything could not be backed up (docs/operations.md)."""
+    from contextlib import ExitStack
+    from datetime import UTC, datetime
+
+    from cli.backup import default_path, describe_backup, make_backup
+    from cli.progress import progress_bar
+    from services.deployer.settings import DeployerSettings
+
+    if (dest_dir is None) == (output is None):
+        typer.echo("error: give exactly one of DEST_DIR or --output PATH", err=True)
+        raise typer.Exit(2)
+    if dest_dir is not None:
+        dest_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    dest = (output or default_path(dest_dir or Path("."), datetime.now(UTC))).resolve()
+    if not dest.parent.is_dir():
+        typer.echo(f"error: {dest.parent} is not a directory", err=True)
+        raise typer.Exit(1)
+    try:
+        with ExitStack() as stack:
+            steps: list[Callable[[str | None], None]] = []
+
+            def start(total: int) -> None:
+                steps.append(stack.enter_context(progress_bar("backing up", total)))
+
+            result = asyncio.run(
+                make_backup(
+                    DeployerSettings(),
+                    dest,
+                    on_total=start,
+                    on_step=lambda s: steps[0](s),
+                    parallel=parallel,
+                )
+            )
+    except SitefleetError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    summary, complaints = describe_backup(result)
+    typer.echo(summary)
+    for line in complaints:
+        typer.echo(line, err=True)
+    if result.failed_hosts:
+        raise typer.Exit(1)
+
+
+@app.command("restore")
+def restore(
+    backup_path: Annotated[
+        Path, typer.Argument(metavar="BACKUP", help="a backup directory (or its manifest.json)")
+    ],
+    hosts_only: Annotated[
+        bool, typer.Option("--hosts-only", help="only the web hosts' release state")
+    ] = False,
+    db_only: Annotated[bool, typer.Option("--db-only", help="only the database")] = False,
+    yes: Annotated[
+        bool,
+        typer.Option(
+            "--yes",
+            "--force",
+            "-y",
+            help="replace a database that is not empty, and switch sites a host serves "
+            "differently to the release the database calls live",
+        ),
+    ] = False,
+    check: Annotated[
+        bool, typer.Option(help="check each restored site through its host's nginx")
+    ] = True,
+) -> None:
+    """Restore a backup: the database (into an empty one unless --yes; migrated to this
+    version's schema), then every web host's releases, so each site serves its live release
+    again without a rebuild. Refuses a damaged backup before touching anything. Stop the
+    Sitefleet services before restoring the database (docs/operations.md)."""
+    from cli.progress import progress_bar
+    from cli.restore import (
+        RestoreReport,
+        describe_host,
+        load_manifest,
+        restore_database,
+        restore_hosts,
+        verify_files,
+    )
+    from services.deployer.settings import DeployerSettings
+
+    if hosts_only and db_only:
+        typer.echo("error: give at most one of --hosts-only and --db-only", err=True)
+        raise typer.Exit(2)
+    settings = DeployerSettings()
+    report = RestoreReport()
+    try:
+        root, manifest = load_manifest(backup_path.resolve())
+        verify_files(root, manifest, database=not hosts_only, hosts=not db_only)
+        hosts = [h for h in manifest["hosts"] if h.get("status") == "ok"] if not db_only else []
+        with progress_bar("restoring", int(not hosts_only) + len(hosts)) as step:
+
+            async def work() -> None:
+                if not hosts_only:
+                    report.database = await restore_database(
+                        settings, root, manifest, replace=yes, on_step=step
+                    )
+                if not db_only:
+                    await restore_hosts(
+                        settings, root, manifest, report, force=yes, check=check, on_step=step
+                    )
+
+            asyncio.run(work())
+    except SitefleetError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    if report.database:
+        typer.echo(f"database: {report.database}")
+    for name, done in report.hosts.items():
+        typer.echo(describe_host(name, done))
+    for warning in report.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    for problem in report.problems:
+        typer.echo(f"error: {problem}", err=True)
+    if report.problems:
+        raise typer.Exit(1)
+    typer.echo("restore complete; start the services (the DNS service's sweep re-syncs DNS)")
+
+
 @app.command("status")
 def status(
     api_url: Annotated[str, typer.Option(help="the API's base URL")] = "http://127.0.0.1:8000",

@@ -58,7 +58,8 @@ class Consumer:
         self.emit_parked = emit_parked
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
-        self._in_hand = 0
+        # The tasks handling the messages in hand (aio-pika runs each delivery in its own).
+        self._handling: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -67,9 +68,13 @@ class Consumer:
         self._queue = await channel.get_queue(self.spec.name, ensure=False)
         self._tag = await self._queue.consume(self.on_message)
 
-    async def stop(self, grace: float) -> None:
-        """Take no new messages, then give the ones in hand ``grace`` seconds to finish
-        (whatever is still unacked after that is redelivered by the broker)."""
+    async def stop(self, grace: float, *, unwind: float = 20.0) -> None:
+        """Take no new messages, give the ones in hand ``grace`` seconds to finish, then
+        hand back the rest: cancel their handlers and wait (at most ``unwind`` seconds) for
+        them to unwind, so their clean-up runs (a build killed, a lock released) while the
+        connection is still open. They stay unacked: once the caller closes the connection
+        the broker redelivers them. A handler may finish a section it must not cut (e.g.
+        services/deployer/deploy.py's switch of a release) before it gives in."""
         if self._queue is not None and self._tag is not None:
             with contextlib.suppress(Exception):  # the connection may already be gone
                 await self._queue.cancel(self._tag)
@@ -77,20 +82,33 @@ class Consumer:
         try:
             async with asyncio.timeout(grace):
                 await self._idle.wait()
+            return
         except TimeoutError:
-            log.warning(
-                "messages still in hand at shutdown; the broker will redeliver them",
-                extra={"queue": self.spec.name, "in_hand": self._in_hand},
+            pass
+        handling = list(self._handling)
+        log.warning(
+            "messages still in hand at shutdown; handing them back to the broker",
+            extra={"queue": self.spec.name, "in_hand": len(handling)},
+        )
+        for task in handling:
+            task.cancel()
+        _, stuck = await asyncio.wait(handling, timeout=unwind) if handling else ((), ())
+        if stuck:
+            log.error(
+                "message handlers did not stop after being cancelled",
+                extra={"queue": self.spec.name, "in_hand": len(stuck)},
             )
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
-        self._in_hand += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._handling.add(task)
         self._idle.clear()
         try:
             await self._on_message(message)
         finally:
-            self._in_hand -= 1
-            if self._in_hand == 0:
+            self._handling.discard(task)
+            if not self._handling:
                 self._idle.set()
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:

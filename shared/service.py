@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 from aio_pika.abc import AbstractConnection
 
 from shared import broker
 from shared.consumer import Consumer
 from shared.settings import CommonSettings
+
+T = TypeVar("T")
 
 
 def stop_event() -> asyncio.Event:
@@ -59,3 +62,23 @@ async def consume_until(
     link.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await link
+
+
+async def run_to_end(step: Coroutine[Any, Any, T]) -> T:
+    """Run ``step`` to its outcome even if the calling task is cancelled meanwhile (a
+    shutdown handing its messages back, a cancel request), and return or raise that
+    outcome: for a section that must not stop half-way, such as a site's release switch
+    and its health check. The cancellation is withdrawn (the caller goes on as if none had
+    come), so the step must bound its own duration: ``Consumer.stop`` waits for it."""
+    task = asyncio.ensure_future(step)
+    withdrawn = 0
+    while not task.done():
+        try:
+            await asyncio.wait({task})  # unlike awaiting it, never cancels the step
+        except asyncio.CancelledError:
+            withdrawn += 1
+    current = asyncio.current_task()
+    if current is not None:
+        for _ in range(withdrawn):
+            current.uncancel()
+    return task.result()  # the step's own outcome (CancelledError if it was cancelled)

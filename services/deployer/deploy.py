@@ -46,6 +46,7 @@ from shared.messages import (
     ErrorInfo,
     Phase,
 )
+from shared.service import run_to_end
 from shared.template_packs import TemplateCatalog, TemplatePack
 from shared.timeutil import utcnow
 
@@ -85,7 +86,9 @@ async def deploy(
         if await run.fenced(fence):
             return
         if job.rollback_to is not None:
-            await _roll_back_to(run, job.rollback_to, targets=targets, settings=settings)
+            await run_to_end(
+                _roll_back_to(run, job.rollback_to, targets=targets, settings=settings)
+            )
         else:
             await _build_and_release(
                 run,
@@ -146,6 +149,21 @@ async def _build_and_release(
     # Time has passed: a newer generation may have been requested meanwhile.
     if await run.fenced(fence):
         return
+    await run_to_end(_release(run, pack, stats, targets=targets, settings=settings))
+
+
+async def _release(
+    run: _Run,
+    pack: TemplatePack,
+    stats: DeploymentStats,
+    *,
+    targets: Sequence[Target],
+    settings: DeployerSettings,
+) -> None:
+    """Rules, switch, health check (or switch back), report: run to its end once begun
+    (see ``run_to_end``): a cancel half-way would leave hosts on a release never checked,
+    and a redelivered job would then take that release for what served before."""
+    job = run.job
     changed = await _changed_paths(targets, job.domain, job.deployment_id)
     rules = await _stage_rules(run, pack, targets, settings)
     try:

@@ -19,7 +19,7 @@ import fcntl
 import os
 import re
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -70,6 +70,32 @@ def write_rules(
             _replace(path, previous)
             raise
     return True, previous
+
+
+def replace_rules(
+    sites_root: Path, wanted: Mapping[str, str | None], nginx_command: Sequence[str] | None
+) -> list[str]:
+    """Make each domain's rules ``wanted[domain]`` (None: no file) in one step, for a
+    restore: every file is written under the lock, then one ``nginx -t`` judges them all;
+    if it refuses, every file is put back and ``RulesRefused`` raised. Returns the domains
+    whose file changed. Without an nginx command the files are written untested (nginx
+    loads them at its next start or reload)."""
+    changed: dict[str, str | None] = {}
+    with _locked(sites_root):
+        for domain, text in wanted.items():
+            previous = read_rules(sites_root, domain)
+            if previous != text:
+                changed[domain] = previous
+        try:
+            for domain in changed:
+                _replace(rules_path(sites_root, domain), wanted[domain])
+            if changed and nginx_command:
+                _run(nginx_command, "-t", "-q")
+        except BaseException:
+            for domain, previous in changed.items():
+                _replace(rules_path(sites_root, domain), previous)
+            raise
+    return sorted(changed)
 
 
 def reload_nginx(sites_root: Path, nginx_command: Sequence[str]) -> None:

@@ -111,6 +111,8 @@ async def test_cancel_and_reaper_without_a_deployer(platforms: PlatformFactory) 
 
         # A deployer that starts now gets the queued job and must not release it.
         platform.start_service("deployer")
+        # Its deployment times out 3 s after creation: post it once the deployer consumes.
+        await platform.wait_consuming("deployer.jobs")
         second = (
             await api.post(
                 "/v1/sites",
