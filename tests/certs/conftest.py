@@ -216,6 +216,8 @@ class CertsStack:
     events: list[Envelope] = field(default_factory=list)
     # Domains whose certificates the fake deployer claims to install but does not.
     lie_about: set[str] = field(default_factory=set)
+    # Domains whose HTTP-01 answers the fake deployer does not publish (yet).
+    hold_challenges: set[str] = field(default_factory=set)
     jobs_seen: list[Envelope] = field(default_factory=list)
     proc: Any = None
 
@@ -313,6 +315,8 @@ class FakeDeployerAndDns:
         self.stack.jobs_seen.append(envelope)
         host = self.stack.host
         if isinstance(payload, AcmeHttpChallengeRequested):
+            if payload.domain in self.stack.hold_challenges:
+                return
             if payload.action == "publish":
                 host.challenges[payload.token] = payload.key_authorization
             else:
