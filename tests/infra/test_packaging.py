@@ -21,6 +21,7 @@ files (in tmp_path) to show that it rejects them.
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import re
 import shutil
@@ -44,6 +45,7 @@ from services.dns.__main__ import DRAIN_TIMEOUT as DNS_DRAIN
 from services.dns.settings import DnsSettings
 from services.notifier.__main__ import DRAIN_TIMEOUT as NOTIFIER_DRAIN
 from services.notifier.settings import NotifierSettings
+from shared.consumer import Consumer
 from shared.settings import PROJECT_ROOT
 
 COMPOSE = PROJECT_ROOT / "docker-compose.yml"
@@ -69,8 +71,9 @@ def drain_seconds(service: str) -> float:
         return DeployerSettings().shutdown_grace
     if service == "dns":  # the job in hand, then the CDN purge in hand
         return 2 * DNS_DRAIN
-    if service == "certs":  # the orders in hand, then the events in hand
-        return 2 * CERTS_DRAIN
+    if service == "certs":  # the orders in hand, then the events in hand, each + its unwind
+        unwind = inspect.signature(Consumer.stop).parameters["unwind"].default
+        return 2 * (CERTS_DRAIN + unwind)
     notifier = NotifierSettings()  # events in hand, while deliveries in flight finish
     return NOTIFIER_DRAIN + max(notifier.webhook_timeout, notifier.smtp_timeout)
 
