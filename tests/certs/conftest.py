@@ -361,7 +361,11 @@ async def certs_stacks(run_id: str, pdns_server: PowerDns) -> AsyncIterator[Stac
         service: bool = True,
     ) -> CertsStack:
         root = world_readable_tempdir(f"certs-{name}")
-        vhost, amqp_url = create_vhost(f"sitefleet-test-{run_id}-certs-{name}")
+        # rabbitmqctl can take long on a loaded machine: never block the loop (and the
+        # heartbeats of the stacks already running) on it.
+        vhost, amqp_url = await asyncio.to_thread(
+            create_vhost, f"sitefleet-test-{run_id}-certs-{name}"
+        )
         db_name = f"sitefleet_test_{run_id}_certs_{name}"
         database_url = await create_database(db_name)
         engine = create_engine(database_url, application_name="tests", pool_size=2)
@@ -434,7 +438,7 @@ async def certs_stacks(run_id: str, pdns_server: PowerDns) -> AsyncIterator[Stac
             await host.close()
             await engine.dispose()
             await drop_database(db_name)
-            drop_vhost(vhost)
+            await asyncio.to_thread(drop_vhost, vhost)
             kept = Path(tempfile.gettempdir()) / "sitefleet-test-logs" / f"{run_id}-certs-{name}"
             if stack.logs.exists():
                 import shutil
