@@ -533,5 +533,5 @@ class Certificate(Base):
     installed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = _now()
-    # When the last cert.expiring warning for this certificate went out (migration 0009).
+    # When the last cert.expiring warning for this certificate went out (migration 0010).
     warned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

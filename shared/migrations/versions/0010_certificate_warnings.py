@@ -1,15 +1,14 @@
 """certificates: when the last expiry warning went out
 
-Revision ID: 0009
-Revises: 0011 (0011, web hosts' HTTPS port, reached main first; 0009 follows it so a
-database already at 0011 still gets this one)
+Revision ID: 0010
+Revises: 0009
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009"
-down_revision = "0011"
+revision = "0010"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
