@@ -10,6 +10,7 @@ import ssl
 import subprocess
 
 import pytest
+from sqlalchemy import update
 
 from cli.certs import list_certificates, request_renewal
 from shared.errors import NotFound
@@ -238,6 +239,10 @@ async def test_removed_site_forgets_its_certificates(stack: CertsStack) -> None:
     site = await stack.new_site()
     await stack.publisher.emit(deployed(site))
     await stack.wait_event("cert.issued", site.id)
+    # As the API does on DELETE, before the deployer removes the files (else the sweep
+    # would rightly order a certificate for a live site that has none).
+    async with stack.sessionmaker.begin() as session:
+        await session.execute(update(Site).where(Site.id == site.id).values(status="deleting"))
     await stack.publisher.emit(
         SiteFilesRemoved(tenant_id=site.tenant_id, site_id=site.id, domain=site.domain)
     )
