@@ -169,7 +169,7 @@ DRAMATIQ_ARGV = [
 
 
 async def run(stack: Stack, *, quick: bool, reps: int, warmup: int) -> list[Row]:
-    jobs, probes = (2_000, 100) if quick else (10_000, 300)
+    jobs, probes = (1_000, 100) if quick else (10_000, 300)
     work = stack.tempdir("s5")
     ours_vhost = f"sitefleet-bench-{uuid.uuid4().hex[:10]}"
     celery_vhost = ours_vhost + "-celery"

@@ -55,7 +55,7 @@ def loaded(pid: int) -> list[str]:
 
 
 async def run(stack: Stack, *, quick: bool, reps: int, warmup: int) -> list[Row]:
-    rounds, seconds = (2, 5) if quick else (3, 10)
+    rounds, seconds = (2, 4) if quick else (3, 10)
     async with plat.running("s8", services=()) as platform:
         platform.procs["api"] = procs.start(
             [sys.executable, "-m", "bench.api_hello"],
