@@ -8,6 +8,7 @@ import asyncio
 import time
 import traceback
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from bench import (
     report,
@@ -57,7 +58,7 @@ SCENARIOS: list[tuple[str, Scenario | None, list[tuple[str, str]]]] = [
 ]
 
 
-async def main(quick: bool, only: set[str] | None) -> int:
+async def main(quick: bool, only: set[str] | None, out: Path = OUT) -> int:
     reps, warmup = (10, 2) if quick else (30, 3)
     started = time.perf_counter()
     info = report.machine()
@@ -88,7 +89,7 @@ async def main(quick: bool, only: set[str] | None) -> int:
     )
     kept_from = None
     if only is not None:  # keep the other scenarios' last results in the document
-        rows, kept_from = report.keep_previous(rows, OUT)
+        rows, kept_from = report.keep_previous(rows, out)
     text = report.render(
         rows,
         info,
@@ -97,9 +98,9 @@ async def main(quick: bool, only: set[str] | None) -> int:
         elapsed=time.perf_counter() - started,
         kept_from=kept_from,
     )
-    report.write(text, OUT)
+    report.write(text, out)
     print(text)
-    print(f"written to {OUT}")
+    print(f"written to {out}")
     return 1 if failed else 0
 
 
@@ -107,6 +108,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
     parser.add_argument("--only", help="comma-separated scenario keys, e.g. S1,S2")
+    parser.add_argument("--out", type=Path, default=OUT, help=f"the table's file (default {OUT})")
     args = parser.parse_args()
     selected = {k.strip().upper() for k in args.only.split(",")} if args.only else None
-    raise SystemExit(asyncio.run(main(args.quick, selected)))
+    raise SystemExit(asyncio.run(main(args.quick, selected, args.out)))

@@ -147,7 +147,11 @@ def previous_rows(path: Path) -> tuple[dict[str, list[Row]], str | None]:
     date = None
     for line in path.read_text().splitlines():
         if line.startswith("- date: "):
-            date = line[len("- date: ") :].split(";", 1)[0]
+            fields = line[len("- date: ") :].split("; ")
+            date = fields[0]
+            mode = next((f[len("mode: ") :] for f in fields if f.startswith("mode: ")), "")
+            if mode:  # "full (`make bench`)" -> "2026-… UTC, full mode"
+                date += f", {mode.split(' ', 1)[0]} mode"
         elif line.startswith("| ") and not line.startswith("| #"):
             cells = [c.strip().replace("\\|", "|") for c in _CELL.split(line)[1:-1]]
             if len(cells) == 7 and cells[0].isdigit():
