@@ -300,7 +300,8 @@ async def run(stack: Stack, *, quick: bool, reps: int, warmup: int) -> list[Row]
         + ", ".join(f"{k} {v:.0f}" for k, v in sorted(per_site.items(), key=lambda kv: -kv[1]))
         + f"; {total:.0f} ms in all, so 2 cores cap this design at about "
         f"{2000 / total:.0f} sites/s on this machine even when idle (the 200 sites/s target "
-        f"needs ≤ 10 ms of CPU per site)."
+        f"needs ≤ 10 ms of CPU per site). Where it goes (py-spy profiles): bench/README.md, "
+        "'Where the time goes'."
     )
     points = result["points"]
     image = IMAGES / ("scale-quick.png" if quick else "scale.png")
