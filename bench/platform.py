@@ -51,6 +51,19 @@ async def running(
                 await cleanup()
 
 
+async def connect(url: str, attempts: int = 10) -> aio_pika.abc.AbstractConnection:
+    """A connection to the shared broker, which may stall a handshake under other people's
+    load (a run once hung here for good): each try bounded, a few tries."""
+    for attempt in range(attempts):
+        try:
+            return await asyncio.wait_for(aio_pika.connect(url), 15)
+        except (TimeoutError, OSError, aio_pika.exceptions.AMQPError):
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(2)
+    raise AssertionError("unreachable")
+
+
 async def wait_ready(platform: Platform, services: tuple[str, ...]) -> None:
     async def api_ready() -> bool:
         async with platform.client() as client:
@@ -62,7 +75,7 @@ async def wait_ready(platform: Platform, services: tuple[str, ...]) -> None:
     wanted = [queues[s] for s in services if s in queues]
     if not wanted:
         return
-    connection = await aio_pika.connect(platform.amqp_url)
+    connection = await connect(platform.amqp_url)
     try:
 
         async def consuming() -> bool:
@@ -90,13 +103,19 @@ def landing(title: str) -> dict[str, Any]:
 
 
 async def served(port: int, host: str) -> bool:
-    """GET / through nginx on a fresh connection answers 200."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    """GET / through nginx on a fresh connection answers 200 (False when the connection
+    fails: a loaded machine may refuse or reset one; the watch asks again next pass)."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
+    except (OSError, TimeoutError):
+        return False
     try:
         writer.write(f"GET / HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
         await writer.drain()
-        status = await reader.readline()
-        await reader.read()
+        status = await asyncio.wait_for(reader.readline(), 5)
+        await asyncio.wait_for(reader.read(), 5)
+    except (OSError, TimeoutError):
+        return False
     finally:
         writer.close()
         with contextlib.suppress(Exception):
@@ -148,6 +167,9 @@ class LiveWatch:
     async def until_live(self, domains: list[str], timeout: float) -> None:
         deadline = time.perf_counter() + timeout
         while any(d not in self.live for d in domains):
+            if self._task is not None and self._task.done():
+                self._task.result()  # the watch died: raise its error, do not wait it out
+                raise RuntimeError("the live watch stopped")
             left = deadline - time.perf_counter()
             if left <= 0:
                 missing = [d for d in domains if d not in self.live]

@@ -29,8 +29,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import aio_pika
-
 from bench import platform as plat
 from bench.report import Row, ms, pct, spread, verdict
 from bench.s5_queue import add_vhost, delete_vhost, lines
@@ -48,7 +46,7 @@ POINTS = PROJECT_ROOT / "var" / "bench" / "s4-points.json"
 async def drained(platform: plat.Platform, timeout: float = 600) -> float:
     """Wait until every queue of the platform is empty; returns the seconds waited."""
     started = time.perf_counter()
-    connection = await aio_pika.connect(platform.amqp_url)
+    connection = await plat.connect(platform.amqp_url)
     try:
         channel = await connection.channel()
         quiet = 0
