@@ -13,6 +13,8 @@ done
 # S10's baseline, Alertmanager 0.25 (bench/s10_alerts.py starts its own; the package's
 # service is kept from starting by policy-rc.d below).
 [ -x /usr/bin/prometheus-alertmanager ] || need_apt+=(prometheus-alertmanager)
+# S8's load generator (Debian's wrk is built with LuaJIT: bench/s8_post_site.lua).
+command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "missing packages: ${need_apt[*]} - run as root, or: sudo apt-get install ${need_apt[*]}" >&2

@@ -147,7 +147,11 @@ def previous_rows(path: Path) -> tuple[dict[str, list[Row]], str | None]:
     date = None
     for line in path.read_text().splitlines():
         if line.startswith("- date: "):
-            date = line[len("- date: ") :].split(";", 1)[0]
+            fields = line[len("- date: ") :].split("; ")
+            date = fields[0]
+            mode = next((f[len("mode: ") :] for f in fields if f.startswith("mode: ")), "")
+            if mode:  # "full (`make bench`)" -> "2026-… UTC, full mode"
+                date += f", {mode.split(' ', 1)[0]} mode"
         elif line.startswith("| ") and not line.startswith("| #"):
             cells = [c.strip().replace("\\|", "|") for c in _CELL.split(line)[1:-1]]
             if len(cells) == 7 and cells[0].isdigit():
@@ -164,15 +168,19 @@ def previous_rows(path: Path) -> tuple[dict[str, list[Row]], str | None]:
 
 def keep_previous(rows: list[Row], path: Path) -> tuple[list[Row], str | None]:
     """Rows of scenarios not run this time (``--only``) replaced by those of the previous
-    table, when it has them; also returns the previous run's date (None if none kept)."""
+    table, when it has them; also returns the previous run's date and mode with the keys
+    kept (None if none kept)."""
     previous, date = previous_rows(path)
     out: list[Row] = []
-    kept = False
+    kept: set[str] = set()
     for row in rows:
-        old = previous.pop(_key(row.scenario), None) if row.ours == NOT_RUN else None
+        key = _key(row.scenario)
+        if key in kept:
+            continue  # a scenario of several rows (S4): its old rows are all in already
+        old = previous.pop(key, None) if row.ours == NOT_RUN else None
         if old and all(r.ours != NOT_RUN for r in old):
             out += old
-            kept = True
+            kept.add(key)
         else:
             out.append(row)
-    return out, date if kept else None
+    return out, f"{date} ({', '.join(sorted(kept, key=lambda k: int(k[1:])))})" if kept else None
