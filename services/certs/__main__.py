@@ -74,7 +74,7 @@ async def main() -> None:
                 extra={
                     "queue": broker.CERTS_JOBS.name,
                     "directory": settings.acme_directory_url or None,
-                    "challenge": settings.acme_challenge,
+                    "challenge": settings.challenge,
                 },
             )
             await consume_until(

@@ -14,7 +14,7 @@ from sqlalchemy import and_, delete, exists, func, or_, select, update
 from services.certs import store
 from services.certs.hosts import served_certificate, site_hosts
 from services.certs.metrics import INSTALLED, SOONEST_EXPIRY
-from services.certs.orders import Clock, site_names
+from services.certs.orders import Clock, served_names, site_names
 from services.certs.settings import CertsSettings
 from shared.broker import Publisher
 from shared.db import SessionMaker
@@ -73,7 +73,7 @@ class CertLifecycle:
             if site is None or site.status == "deleting" or site.files_removed:
                 return False
             current = await store.current_certificate(session, site_id)
-            names = site_names(site.domain)
+            names = site_names(site.domain, wildcard=self.settings.acme_wildcard)
             if (
                 current is not None
                 and set(current.names) == set(names)
@@ -102,7 +102,7 @@ class CertLifecycle:
                     tenant_id=site.tenant_id,
                     domain=site.domain,
                     names=names,
-                    challenge=self.settings.acme_challenge,
+                    challenge=self.settings.challenge,
                     attempts=0,
                 )
                 session.add(row)
@@ -135,7 +135,7 @@ class CertLifecycle:
             return
         leaf = store.parse_leaf(row.certificate_pem)
         for host in hosts:
-            for name in row.names:
+            for name in served_names(row.domain, list(row.names)):
                 try:
                     der = await served_certificate(
                         host, name, within=self.settings.tls_check_timeout

@@ -70,9 +70,24 @@ class DnsNotPointingHere(Permanent):
     code = "dns_not_pointing_here"
 
 
-def site_names(domain: str) -> list[str]:
-    """The names a site's certificate covers: the apex, www and the CDN's origin name."""
+def site_names(domain: str, *, wildcard: bool = False) -> list[str]:
+    """The names a site's certificate covers: the apex, www and the CDN's origin name; or
+    the apex and ``*.<domain>`` (which covers www and proxy) when wildcards are ordered."""
+    if wildcard:
+        return [domain, f"*.{domain}"]
     return [domain, f"www.{domain}", f"proxy.{domain}"]
+
+
+def served_names(domain: str, names: list[str]) -> list[str]:
+    """The host names a certificate is served under (and checked at): a wildcard stands for
+    the site's www and proxy names, as the deployer writes it."""
+    served: list[str] = []
+    for name in names:
+        if name == f"*.{domain}":
+            served += [f"www.{domain}", f"proxy.{domain}"]
+        else:
+            served.append(name)
+    return list(dict.fromkeys(served))
 
 
 def nameservers(settings: CertsSettings) -> list[Nameserver]:
@@ -176,8 +191,8 @@ class CertOrders:
     # --- claim ----------------------------------------------------------------------------
 
     async def claim(self, job: CertificateRequested) -> Claim | None:
-        names = site_names(job.domain)
-        challenge = self.settings.acme_challenge
+        names = site_names(job.domain, wildcard=self.settings.acme_wildcard)
+        challenge = self.settings.challenge
         async with self.sessionmaker.begin() as session:
             await store.lock_site(session, job.site_id)
             site = await session.get(Site, job.site_id)

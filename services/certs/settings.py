@@ -25,6 +25,16 @@ class CertsSettings(CommonSettings, WebHostSettings):
     # PEM file of the CA(s) to trust for the ACME server's HTTPS; empty: the system's.
     acme_ca_bundle: str = ""
     acme_challenge: Literal["http-01", "dns-01"] = "http-01"
+    # Order the apex and a wildcard (``*.<domain>``, standing for www, proxy and any other
+    # name under the site) instead of naming apex, www and proxy; always through DNS-01
+    # (CAs validate wildcards only by DNS).
+    acme_wildcard: bool = False
+
+    @property
+    def challenge(self) -> Literal["http-01", "dns-01"]:
+        """The challenge orders use: DNS-01 whenever a wildcard is ordered."""
+        return "dns-01" if self.acme_wildcard else self.acme_challenge
+
     # Seconds per HTTP request to the CA.
     acme_timeout: float = 30.0
     # Seconds an order may take at the CA (validation, then issuance) before we give up

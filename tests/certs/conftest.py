@@ -30,6 +30,7 @@ from cryptography.x509.oid import NameOID
 from sqlalchemy import select
 
 from cli.devstack import procs
+from services.certs.orders import served_names
 from shared import broker
 from shared.consumer import Consumer
 from shared.db import SessionMaker, create_engine, create_sessionmaker
@@ -326,7 +327,9 @@ class FakeDeployerAndDns:
                 row = await session.get(Certificate, payload.certificate_id)
             assert row is not None and row.private_key_pem and row.certificate_pem
             if payload.domain not in self.stack.lie_about:
-                host.install(list(row.names), row.private_key_pem + row.certificate_pem)
+                # As the deployer writes it: a wildcard under the site's www and proxy names.
+                names = served_names(row.domain, list(row.names))
+                host.install(names, row.private_key_pem + row.certificate_pem)
             await self.stack.publisher.emit(
                 CertificateInstalled(
                     site_id=payload.site_id,

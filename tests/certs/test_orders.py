@@ -147,6 +147,33 @@ async def test_dns01_certificate(certs_stacks: StackFactory) -> None:
     assert ("DNS", f"www.{site.domain}") in cert["subjectAltName"]
 
 
+async def test_wildcard_certificate_goes_through_dns01(certs_stacks: StackFactory) -> None:
+    """SITEFLEET_ACME_WILDCARD: apex + ``*.<domain>``, always DNS-01 (even with HTTP-01
+    configured); both challenges share one TXT name; www and proxy serve the wildcard."""
+    stack = await certs_stacks(
+        "wildcard", env={"SITEFLEET_ACME_CHALLENGE": "http-01", "SITEFLEET_ACME_WILDCARD": "1"}
+    )
+    site = await stack.new_site(pointing=False)
+    await stack.publisher.emit(deployed(site))
+
+    issued = await stack.wait_event("cert.issued", site.id)
+    assert issued.payload["challenge"] == "dns-01"
+    assert sorted(issued.payload["names"]) == sorted([site.domain, f"*.{site.domain}"])
+    sets = [
+        e
+        for e in stack.jobs_seen
+        if e.type == "dns.acme_challenge_requested"
+        and e.payload["site_id"] == site.id
+        and e.payload["action"] == "set"
+    ]
+    assert {e.payload["name"] for e in sets} == {f"_acme-challenge.{site.domain}."}
+    assert len({v for e in sets for v in e.payload["values"]}) == 2  # apex's and wildcard's
+    assert not [e for e in stack.jobs_seen if e.type == "site.acme_challenge_requested"]
+    for name in (f"www.{site.domain}", f"proxy.{site.domain}"):
+        cert = await handshake(stack, name)
+        assert ("DNS", f"*.{site.domain}") in cert["subjectAltName"]
+
+
 async def test_ops_force_a_renewal(stack: CertsStack) -> None:
     """`sitefleet certs renew DOMAIN`: a new certificate now, though the old one is valid."""
     site = await stack.new_site()

@@ -215,6 +215,27 @@ async def test_dns01_site_served_over_https(https: Platform, pebble_root: Path) 
         https.start_service("certs")
 
 
+async def test_wildcard_site_served_over_https(https: Platform, pebble_root: Path) -> None:
+    # SITEFLEET_ACME_WILDCARD: apex + *.<domain> through DNS-01 (the DNS service's TXT
+    # records), written by the deployer under www and proxy.
+    https.stop_service("certs")
+    https.start_service("certs", extra_env={"SITEFLEET_ACME_WILDCARD": "true"})
+    try:
+        site = await create_site(https, "Wildcard Works")
+        row = await installed(https, site["id"])
+        assert (row.challenge, sorted(row.names)) == (
+            "dns-01",
+            sorted([site["domain"], f"*.{site['domain']}"]),
+        )
+        for name in (site["domain"], f"www.{site['domain']}"):
+            page = curl(https, pebble_root, name)
+            assert page.returncode == 0, page.stderr
+            assert "Wildcard Works" in page.stdout
+    finally:
+        https.stop_service("certs")
+        https.start_service("certs")
+
+
 async def test_renewal_racing_a_redeploy(https: Platform, pebble_root: Path) -> None:
     """A renewal and a redeploy of the site at the same moment: both land, and HTTPS serves
     the new release with the new certificate."""
