@@ -52,7 +52,7 @@ class CertLifecycle:
 
     @property
     def enabled(self) -> bool:
-        return bool(self.settings.acme_directory_url)
+        return self.settings.acme_enabled
 
     # --- events ---------------------------------------------------------------------------
 

@@ -145,7 +145,7 @@ class CertOrders:
 
     @property
     def enabled(self) -> bool:
-        return bool(self.settings.acme_directory_url)
+        return self.settings.acme_enabled
 
     async def request(self, job: CertificateRequested) -> None:
         """Handle ``cert.requested``: make sure the site has a valid certificate."""

@@ -31,6 +31,11 @@ class CertsSettings(CommonSettings, WebHostSettings):
     acme_wildcard: bool = False
 
     @property
+    def acme_enabled(self) -> bool:
+        """ACME is on once a CA directory is configured."""
+        return bool(self.acme_directory_url)
+
+    @property
     def challenge(self) -> Literal["http-01", "dns-01"]:
         """The challenge orders use: DNS-01 whenever a wildcard is ordered."""
         return "dns-01" if self.acme_wildcard else self.acme_challenge
