@@ -24,6 +24,7 @@ from services.deployer import hosts, layout, nginx_rules, objects, state_archive
 from services.deployer.settings import DeployerSettings
 from services.deployer.state_archive import BadArchive
 from services.deployer.transport import host_backup
+from services.deployer.transport.host_agent import BOOTSTRAP
 from services.deployer.transport.host_backup import CHUNK
 from shared.errors import Invalid, SitefleetError, Transient
 from shared.models import WebHost
@@ -237,7 +238,7 @@ async def _remote(
         spec, Path(row.ssh_key_path), row.host_key, settings.ssh_connect_timeout
     )
     try:
-        command = shlex.join([settings.ssh_remote_python, "-I", "-c", host_backup.BOOTSTRAP])
+        command = shlex.join([settings.ssh_remote_python, "-I", "-c", BOOTSTRAP])
         process: asyncssh.SSHClientProcess[bytes] = await conn.create_process(
             command, encoding=None
         )

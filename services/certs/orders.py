@@ -42,7 +42,7 @@ from services.certs.acme_client import (
 )
 from services.certs.hosts import HostAddress, challenge_served, site_hosts
 from services.certs.metrics import ORDER_SECONDS, ORDERS
-from services.certs.resolution import LookupFailed, Nameserver, resolve_addresses, wait_txt_served
+from services.certs.resolution import LookupFailed, resolve_addresses, wait_txt_served
 from services.certs.settings import CertsSettings
 from shared.broker import Publisher
 from shared.db import SessionMaker
@@ -57,6 +57,7 @@ from shared.messages import (
     ErrorInfo,
 )
 from shared.models import Certificate, DnsRecord, Site
+from shared.nameservers import Nameserver
 from shared.timeutil import utcnow
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,6 @@ settings name), never through a cache."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 
 import dns.asyncquery
 import dns.exception
@@ -15,28 +14,10 @@ import dns.name
 import dns.rcode
 import dns.rdatatype
 
+from shared.nameservers import Nameserver
+
 # CNAME hops followed before giving up (www -> edge -> ...).
 MAX_CHAIN = 8
-
-
-@dataclass(frozen=True)
-class Nameserver:
-    host: str
-    port: int
-
-    @classmethod
-    def parse(cls, text: str, default_port: int = 53) -> Nameserver:
-        """``127.0.0.1:5354``, ``[::1]:53`` or a bare host."""
-        if text.startswith("["):
-            host, _, rest = text[1:].partition("]")
-            return cls(host, int(rest[1:]) if rest.startswith(":") else default_port)
-        if text.count(":") == 1:
-            host, port = text.split(":")
-            return cls(host, int(port))
-        return cls(text, default_port)
-
-    def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
 
 
 class LookupFailed(Exception):

@@ -23,6 +23,7 @@ import dns.rdatatype
 from services.dns.provider import DnsProvider
 from services.dns.records import RRset, normalize_content
 from services.dns.settings import DnsSettings
+from shared.nameservers import Nameserver
 
 Outcome = dict[tuple[str, str], str | None]
 
@@ -31,23 +32,6 @@ class RecordVerifier(Protocol):
     async def verify(self, rrsets: Iterable[RRset], *, zone: str | None = None) -> Outcome:
         """Per RRset key: None when served as desired, else why not."""
         ...
-
-
-@dataclass(frozen=True)
-class Nameserver:
-    host: str
-    port: int
-
-    @classmethod
-    def parse(cls, text: str, default_port: int = 53) -> Nameserver:
-        """``127.0.0.1:5354``, ``[::1]:53`` or a bare host."""
-        if text.startswith("["):
-            host, _, rest = text[1:].partition("]")
-            return cls(host, int(rest[1:]) if rest.startswith(":") else default_port)
-        if text.count(":") == 1:
-            host, port = text.split(":")
-            return cls(host, int(port))
-        return cls(text, default_port)
 
 
 @dataclass(frozen=True)

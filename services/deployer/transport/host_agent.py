@@ -71,7 +71,8 @@ from services.deployer.objects import (
 _DOMAIN = re.compile(r"^[a-z0-9][a-z0-9.-]{0,252}$")
 
 # Run by the host's python3 with ``-I -c``: loads the modules sent on stdin under their
-# package names (so ``from services.deployer.objects import ...`` above works), then main().
+# package names (so ``from services.deployer.objects import ...`` above works), then runs
+# the last one's main() (this module for the agent; the backup's host side sends its own).
 BOOTSTRAP = """\
 import sys, types
 r = sys.stdin.buffer
@@ -81,7 +82,7 @@ for _ in range(int(r.readline())):
     n, k = r.readline().split()
     m = types.ModuleType(n.decode()); sys.modules[m.__name__] = m
     exec(compile(r.read(int(k)), m.__name__, "exec"), m.__dict__)
-sys.modules["services.deployer.transport.host_agent"].main()
+m.main()
 """
 
 FRAME = struct.Struct("!I")

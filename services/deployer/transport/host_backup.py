@@ -1,7 +1,7 @@
 """A web host's side of ``sitefleet backup`` / ``restore`` over SSH: one exec per host of
-the host's ``python3 -I -c BOOTSTRAP``, which loads the modules sent as source on stdin
-(state_archive.py, state_restore.py and what they import; this one last) and serves one
-request: ``export`` (state_archive.export_state) or ``import``
+the host's ``python3 -I -c BOOTSTRAP`` (host_agent's), which loads the modules sent as
+source on stdin (state_archive.py, state_restore.py and what they import; this one last)
+and serves one request: ``export`` (state_archive.export_state) or ``import``
 (state_restore.import_state). A local host runs those two in the CLI's own process.
 
 Wire protocol: stdin carries the modules, then one JSON request line. A chunk is a 4-byte
@@ -23,20 +23,6 @@ from typing import IO, Any
 from services.deployer.nginx_rules import RulesRefused
 from services.deployer.state_archive import CHUNK_BYTES, BadArchive, export_state
 from services.deployer.state_restore import import_state
-
-# Run by the host's python3 with ``-I -c``: loads the modules sent on stdin under their
-# package names, then runs the last one's main() (this module's).
-BOOTSTRAP = """\
-import sys, types
-r = sys.stdin.buffer
-for p in ("services", "services.deployer", "services.deployer.transport"):
-    m = types.ModuleType(p); m.__path__ = []; sys.modules[p] = m
-for _ in range(int(r.readline())):
-    n, k = r.readline().split()
-    m = types.ModuleType(n.decode()); sys.modules[m.__name__] = m
-    exec(compile(r.read(int(k)), m.__name__, "exec"), m.__dict__)
-m.main()
-"""
 
 CHUNK = struct.Struct("!I")
 
