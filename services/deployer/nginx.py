@@ -158,13 +158,20 @@ async def serves_rules(
     return f"{response.status_code} {response.text.strip()[:40]!r}"
 
 
+def plain_http_client(timeout: float) -> httpx.AsyncClient:
+    """A client for the plain-HTTP checks of our own web hosts. ``verify=False`` because no
+    TLS is spoken (and httpx otherwise loads the CA bundle for every client: ~40 ms of CPU,
+    a large share of a deployment's); no proxies from the environment for our own hosts."""
+    return httpx.AsyncClient(timeout=timeout, verify=False, trust_env=False)  # noqa: S501
+
+
 async def wait_until_loaded(
     target: Target, domain: str, digest: str, *, within: float, interval: float = 0.05
 ) -> None:
     """Return once the host's nginx answers ``digest`` for ``domain`` (``nginx -s reload``
     only signals the master; its new workers start a moment later)."""
     seen: str | None = "nothing"
-    async with httpx.AsyncClient(timeout=interval * 20) as client:
+    async with plain_http_client(interval * 20) as client:
         try:
             async with asyncio.timeout(within):
                 while True:
@@ -251,13 +258,17 @@ class StagedRules:
     async def hosts_to_reload(self) -> list[Target]:
         """Hosts whose rules changed, and hosts whose unchanged rules their nginx does not
         serve (a retry after a reload that was not seen: the file is already in place)."""
-        stale = []
-        async with httpx.AsyncClient(timeout=5) as client:
-            for name, (target, digest) in self.expected.items():
-                if name in self.previous:
-                    stale.append(target)
-                elif digest is not None and await serves_rules(target, self.domain, digest, client):
-                    stale.append(target)
+        stale = [target for name, (target, _) in self.expected.items() if name in self.previous]
+        unchanged = [
+            (target, digest)
+            for name, (target, digest) in self.expected.items()
+            if name not in self.previous and digest is not None
+        ]
+        if unchanged:  # most deployments: no rules at all, nothing to ask nginx
+            async with plain_http_client(5) as client:
+                for target, digest in unchanged:
+                    if await serves_rules(target, self.domain, digest, client):
+                        stale.append(target)
         return stale
 
     async def go_live(self, hosts: list[Target], within: float) -> None:

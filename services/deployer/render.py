@@ -8,6 +8,7 @@ Output paths come only from the pack's own file names, never from params.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import stat
@@ -24,6 +25,19 @@ TEMPLATE_SUFFIX = ".j2"
 # nginx workers run as `nobody`: everything we write must be world-readable.
 FILE_MODE = 0o644
 DIR_MODE = 0o755
+
+
+@functools.lru_cache(maxsize=64)
+def _environment(source_dir: Path) -> SandboxedEnvironment:
+    """One sandboxed environment per pack source, so its compiled templates are kept from
+    one deployment to the next (the loader still notices a template file that changed).
+    Rendering from several threads at once is safe: Jinja2's template cache is locked."""
+    return SandboxedEnvironment(
+        autoescape=True,
+        loader=jinja2.FileSystemLoader(source_dir),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
 
 
 def render_site(
@@ -48,12 +62,7 @@ def render_site(
         raise Permanent(f"{exc.message}: {fields}", code="params_invalid") from None
 
     source_dir = _source_root(pack)
-    env = SandboxedEnvironment(
-        autoescape=True,
-        loader=jinja2.FileSystemLoader(source_dir),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-    )
+    env = _environment(source_dir)
     context = {
         "params": params,
         "site": {"domain": domain, "url": f"https://{domain}"},
