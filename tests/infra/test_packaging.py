@@ -64,18 +64,19 @@ MIGRATE_UNIT = "sitefleet-migrate.service"
 
 
 def drain_seconds(service: str) -> float:
-    """The longest a service may take to stop after SIGTERM, from the code's own numbers."""
+    """The longest a service may take to stop after SIGTERM, from the code's own numbers.
+    Every consumer's stop may add its hand-back unwind (``Consumer.stop``) to its grace."""
+    unwind = inspect.signature(Consumer.stop).parameters["unwind"].default
     if service == "api":  # requests in flight, the event consumer (5 s), the relay's last pass
-        return 2 * ApiSettings().api_shutdown_grace + 5
+        return 2 * ApiSettings().api_shutdown_grace + 5 + unwind
     if service == "deployer":  # deployments in hand
-        return DeployerSettings().shutdown_grace
+        return DeployerSettings().shutdown_grace + unwind
     if service == "dns":  # the job in hand, then the CDN purge in hand
-        return 2 * DNS_DRAIN
-    if service == "certs":  # the orders in hand, then the events in hand, each + its unwind
-        unwind = inspect.signature(Consumer.stop).parameters["unwind"].default
+        return 2 * (DNS_DRAIN + unwind)
+    if service == "certs":  # the orders in hand, then the events in hand
         return 2 * (CERTS_DRAIN + unwind)
     notifier = NotifierSettings()  # events in hand, while deliveries in flight finish
-    return NOTIFIER_DRAIN + max(notifier.webhook_timeout, notifier.smtp_timeout)
+    return NOTIFIER_DRAIN + unwind + max(notifier.webhook_timeout, notifier.smtp_timeout)
 
 
 def seconds(value: str) -> float:
