@@ -158,25 +158,41 @@ async def serves_rules(
     return f"{response.status_code} {response.text.strip()[:40]!r}"
 
 
-def plain_http_client(timeout: float) -> httpx.AsyncClient:
+def plain_http_client(timeout: float, limits: httpx.Limits | None = None) -> httpx.AsyncClient:
     """A client for the plain-HTTP checks of our own web hosts. ``verify=False`` because no
     TLS is spoken (and httpx otherwise loads the CA bundle for every client: ~40 ms of CPU,
     a large share of a deployment's); no proxies from the environment for our own hosts."""
-    return httpx.AsyncClient(timeout=timeout, verify=False, trust_env=False)  # noqa: S501
+    return httpx.AsyncClient(
+        timeout=timeout,
+        verify=False,  # noqa: S501
+        trust_env=False,
+        limits=limits or httpx.Limits(),
+    )
 
 
 async def wait_until_loaded(
-    target: Target, domain: str, digest: str, *, within: float, interval: float = 0.05
+    target: Target,
+    domain: str,
+    digest: str,
+    *,
+    within: float,
+    interval: float = 0.05,
+    confirmations: int = 3,
 ) -> None:
     """Return once the host's nginx answers ``digest`` for ``domain`` (``nginx -s reload``
-    only signals the master; its new workers start a moment later)."""
+    only signals the master; its new workers start a moment later) on ``confirmations``
+    fresh connections in a row: an old worker that has not yet handled its QUIT may still
+    accept a new connection just after a new worker first answered."""
     seen: str | None = "nothing"
-    async with plain_http_client(interval * 20) as client:
+    in_a_row = 0
+    fresh = httpx.Limits(max_keepalive_connections=0)
+    async with plain_http_client(interval * 20, limits=fresh) as client:
         try:
             async with asyncio.timeout(within):
                 while True:
                     seen = await serves_rules(target, domain, digest, client)
-                    if seen is None:
+                    in_a_row = in_a_row + 1 if seen is None else 0
+                    if in_a_row >= confirmations:
                         return
                     await asyncio.sleep(interval)
         except TimeoutError:
