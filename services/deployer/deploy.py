@@ -77,7 +77,7 @@ async def deploy(
         targets = [Target.local(host, settings)]
     if not targets:
         raise ValueError("deploy() needs at least one web host")
-    run = _Run(job, report)
+    run = _Run(job, report, progress_delay=settings.progress_report_delay)
     try:
         check_domain(job.domain)
         check_release_id(job.deployment_id)
@@ -112,6 +112,8 @@ async def deploy(
         await run.finish(
             DeploymentFailed, "failed", error=ErrorInfo(code=exc.code, message=exc.message)
         )
+    finally:
+        run.close()
 
 
 async def _build_and_release(
@@ -398,13 +400,25 @@ async def _prune(targets: Sequence[Target], domain: str, keep: int) -> None:
 
 
 class _Run:
-    """The phases of one deployment so far, and reporting them."""
+    """The phases of one deployment so far, and reporting them.
 
-    def __init__(self, job: DeploymentRequested, report: Report) -> None:
+    Progress is for people watching, so it is coalesced: a phase that starts arms a timer
+    and, ``progress_delay`` seconds later, one report carries everything that happened
+    meanwhile; a deployment that finishes sooner reports only its outcome (which lists
+    every phase). Each progress report costs every listener a transaction, and most
+    deployments take well under a second. ``progress_delay`` 0 reports each phase as it
+    starts."""
+
+    def __init__(self, job: DeploymentRequested, report: Report, progress_delay: float = 0) -> None:
         self.job = job
         self._report = report
         self.status: DeploymentStatus = "queued"
         self.phases: list[Phase] = []
+        self._progress_delay = progress_delay
+        self._progress_timer: asyncio.TimerHandle | None = None
+        self._progress_sent: asyncio.Task[None] | None = None
+        # Reports go out one at a time, in order (an outcome after any progress report).
+        self._sending = asyncio.Lock()
 
     async def fenced(self, fence: Fence) -> bool:
         verdict: Fenced | None = await fence(self.job)
@@ -433,7 +447,7 @@ class _Run:
         self.phases.append(phase)
         if status is not None:
             self.status = status
-        await self._send(DeploymentProgressed, self.status)
+        await self._progress()
         try:
             yield
         except BaseException:
@@ -451,7 +465,39 @@ class _Run:
         **extra: Any,
     ) -> None:
         self.status = status
+        self._cancel_timer()
+        if self._progress_sent is not None:
+            await asyncio.wait([self._progress_sent])  # its report first, then the outcome
         await self._send(event, status, stats=stats, error=error, **extra)
+
+    def close(self) -> None:
+        """The job is over (an outcome, or an error to retry it): no more progress."""
+        self._cancel_timer()
+        if self._progress_sent is not None:
+            self._progress_sent.cancel()
+
+    async def _progress(self) -> None:
+        if self._progress_delay <= 0:
+            await self._send(DeploymentProgressed, self.status)
+        elif self._progress_timer is None:
+            loop = asyncio.get_running_loop()
+            self._progress_timer = loop.call_later(self._progress_delay, self._progress_due)
+
+    def _progress_due(self) -> None:
+        self._progress_timer = None
+        previous = self._progress_sent
+        self._progress_sent = asyncio.create_task(self._send_progress(previous))
+
+    async def _send_progress(self, previous: asyncio.Task[None] | None) -> None:
+        if previous is not None:
+            with contextlib.suppress(BaseException):
+                await previous
+        await self._send(DeploymentProgressed, self.status)
+
+    def _cancel_timer(self) -> None:
+        if self._progress_timer is not None:
+            self._progress_timer.cancel()
+            self._progress_timer = None
 
     async def _send(
         self,
@@ -463,18 +509,19 @@ class _Run:
         **extra: Any,
     ) -> None:
         job = self.job
-        await self._report(
-            event(
-                deployment_id=job.deployment_id,
-                tenant_id=job.tenant_id,
-                site_id=job.site_id,
-                domain=job.domain,
-                generation=job.generation,
-                status=status,
-                # Copies: later phase updates must not rewrite what was already reported.
-                phases=[phase.model_copy() for phase in self.phases],
-                stats=stats,
-                error=error,
-                **extra,
+        async with self._sending:
+            await self._report(
+                event(
+                    deployment_id=job.deployment_id,
+                    tenant_id=job.tenant_id,
+                    site_id=job.site_id,
+                    domain=job.domain,
+                    generation=job.generation,
+                    status=status,
+                    # Copies: later phase updates must not rewrite what was already reported.
+                    phases=[phase.model_copy() for phase in self.phases],
+                    stats=stats,
+                    error=error,
+                    **extra,
+                )
             )
-        )

@@ -17,6 +17,10 @@ class DeployerSettings(CommonSettings, WebHostSettings):
     work_root: Path = PROJECT_ROOT / "var" / "work"
     # Releases kept per site (the current one included) for instant rollback.
     keep_releases: int = 5
+    # Seconds a started phase waits before it is reported as progress (one report then
+    # carries every phase since): deployments that finish sooner report only their outcome.
+    # 0: report each phase as it starts.
+    progress_report_delay: float = 1.0
     # Seconds for the one GET through nginx after activation.
     health_check_timeout: float = 5.0
     # Seconds the build and upload phases may take before the attempt is retried.

@@ -190,6 +190,8 @@ def settings(
         templates_dir=templates_dir,
         keep_releases=3,
         health_check_timeout=5.0,
+        # Each phase reported as it starts: the tests follow a deployment step by step.
+        progress_report_delay=0,
     )
 
 

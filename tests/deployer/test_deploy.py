@@ -1,3 +1,4 @@
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -280,6 +281,46 @@ async def test_a_rollback_to_a_release_that_is_gone_fails(
     assert isinstance(final, DeploymentFailed)
     assert final.error is not None and final.error.code == "release_not_found"
     assert await host.current_release(domain) == live.deployment_id
+
+
+async def test_progress_is_coalesced_and_a_fast_deployment_reports_only_its_outcome(
+    deployer: Deployer, domain: str, settings: DeployerSettings
+) -> None:
+    deployer.settings = settings.model_copy(update={"progress_report_delay": 30.0})
+
+    final = await deployer(make_job(domain))
+
+    assert deployer.reports == [final]
+    assert isinstance(final, DeploymentSucceeded)
+    assert [p.name for p in final.phases] == ["build", "upload", "activate", "health_check"]
+
+
+async def test_a_slow_phase_is_reported_once_after_the_delay_then_the_outcome(
+    catalog: TemplateCatalog, host: LocalHost, domain: str, settings: DeployerSettings
+) -> None:
+    reports: list[DeploymentReport] = []
+
+    async def report(event: DeploymentReport) -> None:
+        reports.append(event)
+
+    async def slow_pack_check(pack: Any) -> None:  # runs inside the build phase
+        await asyncio.sleep(0.6)
+
+    await deploy(
+        make_job(domain),
+        catalog=catalog,
+        host=host,
+        report=report,
+        fence=proceed,
+        settings=settings.model_copy(update={"progress_report_delay": 0.1}),
+        verify_pack=slow_pack_check,
+    )
+
+    progress, final = reports[:-1], reports[-1]
+    assert [(type(r), r.status) for r in progress] == [(DeploymentProgressed, "building")]
+    assert [(p.name, p.status) for p in progress[0].phases] == [("build", "running")]
+    assert isinstance(final, DeploymentSucceeded)
+    assert final.phases[0].status == "succeeded"  # the copy in the report was not rewritten
 
 
 async def test_a_build_that_cannot_write_is_retried(

@@ -91,6 +91,7 @@ def settings_env(settings, tmp_path: Path) -> dict[str, str]:  # type: ignore[no
         "SITEFLEET_WORK_ROOT": str(tmp_path / "work"),
         "SITEFLEET_TEMPLATES_DIR": str(settings.templates_dir),
         "SITEFLEET_LOG_LEVEL": "INFO",
+        "SITEFLEET_PROGRESS_REPORT_DELAY": str(settings.progress_report_delay),
     }
 
 

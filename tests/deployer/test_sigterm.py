@@ -142,7 +142,11 @@ async def test_sigterm_mid_burst_finishes_or_hands_back_and_loses_nothing(
     platform = await platforms.start(
         "depsigterm",
         services=("api",),
-        extra_env={"SITEFLEET_TEMPLATES_DIR": str(templates)},
+        extra_env={
+            "SITEFLEET_TEMPLATES_DIR": str(templates),
+            # Every phase reported as it starts: the test watches deployments in flight.
+            "SITEFLEET_PROGRESS_REPORT_DELAY": "0",
+        },
     )
     engine = create_engine(platform.database_url, application_name="tests", pool_size=1)
     sessionmaker = create_sessionmaker(engine)

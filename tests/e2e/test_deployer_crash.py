@@ -69,7 +69,11 @@ async def test_sigkill_mid_upload_is_redelivered_and_never_half_served(
         platform = await platforms.start(
             "crash",
             services=("api", "deployer"),
-            extra_env={"SITEFLEET_TEMPLATES_DIR": str(templates)},
+            extra_env={
+                "SITEFLEET_TEMPLATES_DIR": str(templates),
+                # Every phase reported as it starts: the test watches deployments in flight.
+                "SITEFLEET_PROGRESS_REPORT_DELAY": "0",
+            },
         )
         async with platform.client(await platform.new_tenant()) as api:
             site = (
