@@ -127,37 +127,56 @@ async def get_domain(
 
 
 async def refuse_foreign_claim(
-    session: AsyncSession, tenant_id: str, name: str, *, sites: bool = True
+    session: AsyncSession,
+    tenant_id: str,
+    name: str,
+    *,
+    sites: bool = True,
+    site_in_use: bool = False,
 ) -> None:
     """409 when ``name``, a domain it is under, or a name under it is claimed by another
     tenant (a domain being bought or active, or a site when ``sites``), or when it is a
     homograph of another tenant's claimed domain. Unproven claims (``pending_verification``)
-    block nobody. The message never says whose."""
+    block nobody. The message never says whose. With ``site_in_use``, first 409
+    ``domain_in_use`` when any site (of any tenant) already has ``name``. One query."""
     related = enclosing_names(name)
-    foreign_domain = await session.scalar(
-        select(Domain.id).where(
+    under = f"%.{_escape_like(name)}"
+    checks = {
+        "in_use": site_in_use and select(Site.id).where(Site.domain == name),
+        "foreign_domain": select(Domain.id).where(
             Domain.tenant_id != tenant_id,
             Domain.status.in_(CLAIMED),
-            or_(Domain.name.in_(related), Domain.name.like(f"%.{_escape_like(name)}")),
-        )
-    )
-    foreign_site = sites and await session.scalar(
-        select(Site.id).where(
+            or_(Domain.name.in_(related), Domain.name.like(under)),
+        ),
+        "foreign_site": sites
+        and select(Site.id).where(
             Site.tenant_id != tenant_id,
-            or_(Site.domain.in_(related), Site.domain.like(f"%.{_escape_like(name)}")),
-        )
-    )
-    if foreign_domain or foreign_site:
-        raise Conflict(UNAVAILABLE.format(name=name), code="domain_unavailable")
-    look_alike = await session.scalar(
-        select(Domain.id).where(
+            or_(Site.domain.in_(related), Site.domain.like(under)),
+        ),
+        "look_alike": select(Domain.id).where(
             Domain.tenant_id != tenant_id,
             Domain.status.in_(CLAIMED),
             Domain.skeleton == domain_skeleton(name),
             Domain.name != name,
+        ),
+    }
+    asked = {key: query for key, query in checks.items() if query is not False}
+    found = (
+        (
+            await session.execute(
+                select(
+                    *(query.limit(1).scalar_subquery().label(key) for key, query in asked.items())
+                )
+            )
         )
+        .one()
+        ._mapping
     )
-    if look_alike:
+    if found.get("in_use"):
+        raise Conflict(f"domain {name!r} is already used by a site", code="domain_in_use")
+    if found["foreign_domain"] or found.get("foreign_site"):
+        raise Conflict(UNAVAILABLE.format(name=name), code="domain_unavailable")
+    if found["look_alike"]:
         raise Conflict(
             f"{name} looks like a domain already used on Sitefleet (a possible homograph)",
             code="domain_confusable",

@@ -73,10 +73,8 @@ async def create_site(
     domain = site_domain(req.domain)
     pack = await _pack(session, catalog, req.template, req.template_version)
     params = validate_params(pack, req.params)
-    if await session.scalar(select(Site.id).where(Site.domain == domain)):
-        raise Conflict(f"domain {domain!r} is already used by a site", code="domain_in_use")
     # A domain another tenant bought or brought is theirs, even before a site is on it.
-    await refuse_foreign_claim(session, principal.tenant_id, domain, sites=False)
+    await refuse_foreign_claim(session, principal.tenant_id, domain, sites=False, site_in_use=True)
     now = utcnow()
     site = Site(
         id=new_id("site"),
@@ -90,9 +88,12 @@ async def create_site(
         created_at=now,
         updated_at=now,
     )
+    # The site row goes in whole (its latest_deployment_id set before its INSERT, so no
+    # UPDATE follows); its deployment and the outbox rows go in at the commit.
+    deployment = _new_deployment(site, reason="site created", rollback_to=None)
     session.add(site)
-    await session.flush()
-    await request_deployment(session, site, reason="site created")
+    await session.flush()  # first: the deployment row refers to it
+    _request(session, site, deployment)
     outbox.enqueue(
         session,
         DnsReconcileRequested(tenant_id=site.tenant_id, site_id=site.id, domain=site.domain),
@@ -156,6 +157,12 @@ async def request_deployment(
 ) -> Deployment:
     """A new generation for the site; older queued jobs will be fenced off as superseded."""
     _refuse_if_deleting(site)
+    deployment = _new_deployment(site, reason=reason, rollback_to=rollback_to)
+    _request(session, site, deployment)
+    return deployment
+
+
+def _new_deployment(site: Site, *, reason: str | None, rollback_to: str | None) -> Deployment:
     site.generation += 1
     deployment = Deployment(
         id=new_id("dep"),
@@ -171,9 +178,13 @@ async def request_deployment(
         phases=[],
         stats={},
     )
-    session.add(deployment)
     site.latest_deployment_id = deployment.id
-    await session.flush()
+    return deployment
+
+
+def _request(session: AsyncSession, site: Site, deployment: Deployment) -> None:
+    """The deployment row and its job in the outbox (written at the commit)."""
+    session.add(deployment)
     outbox.enqueue(
         session,
         DeploymentRequested(
@@ -185,10 +196,9 @@ async def request_deployment(
             template=site.template,
             template_version=deployment.template_version,
             params=deployment.params,
-            rollback_to=rollback_to,
+            rollback_to=deployment.rollback_to,
         ),
     )
-    return deployment
 
 
 # Host names we derive from a site's domain (served and published for it automatically).

@@ -51,18 +51,25 @@ class DatabaseFence:
             return await self._check(job)
 
     async def _check(self, job: DeploymentRequested) -> Fenced | None:
+        # One statement (one snapshot), in autocommit: no BEGIN and COMMIT round trips.
+        status = (
+            select(Deployment.status)
+            .where(Deployment.id == job.deployment_id)
+            .scalar_subquery()
+            .label("status")
+        )
         async with self.engine.connect() as conn:
-            conn = await conn.execution_options(postgresql_readonly=True)
-            async with conn.begin():
-                site = (
-                    await conn.execute(
-                        select(Site.generation, Site.files_removed).where(Site.id == job.site_id)
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            row = (
+                await conn.execute(
+                    select(Site.generation, Site.files_removed, status).where(
+                        Site.id == job.site_id
                     )
-                ).one_or_none()
-                status = await conn.scalar(
-                    select(Deployment.status).where(Deployment.id == job.deployment_id)
                 )
-        return fence_verdict(job, site, status)
+            ).one_or_none()
+        if row is None:
+            return fence_verdict(job, None, None)
+        return fence_verdict(job, (row.generation, row.files_removed), row.status)
 
     @contextlib.asynccontextmanager
     async def site_lock(self, site_id: str) -> AsyncIterator[None]:
