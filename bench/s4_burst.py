@@ -257,7 +257,7 @@ async def run(stack: Stack, *, quick: bool, reps: int, warmup: int) -> list[Row]
     # Checkpoints of the scale figure: before the burst, after it, then grown to each.
     # Quick: the first right after the 5 warm-up sites, so quick stays under 10 minutes.
     checkpoints = [0] if quick else [100, 3_000, 10_000]
-    # Growing to 10,000 sites takes about an hour at 2-3 sites/s on 2 busy cores: a run
+    # Growing to 10,000 sites takes about half an hour at ~6 sites/s on 2 cores: a run
     # may stop the figure lower (the row says so).
     top = int(os.environ.get("SITEFLEET_BENCH_SCALE_TOP", "10000"))
     if not quick:
