@@ -29,6 +29,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from bench import platform as plat
 from bench.report import Row, ms, pct, spread, verdict
 from bench.s5_queue import add_vhost, delete_vhost, lines
@@ -118,7 +120,16 @@ class Fleet:
 async def ours(stack: Stack, burst: int, checkpoints: list[int]) -> dict[str, Any]:
     async with plat.running("s4") as platform:
         token = await platform.new_tenant("bench")
-        async with platform.client(token) as api, plat.LiveWatch(platform) as watch:
+        # Idle connections expire on our side first: uvicorn drops them after 5 s, the
+        # client's default is 5 s too, and a POST sent on one as it closes fails (a run
+        # once lost its burst to that after a checkpoint's wait).
+        api = httpx.AsyncClient(
+            base_url=platform.api_url,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=15,
+            limits=httpx.Limits(keepalive_expiry=2),
+        )
+        async with api, plat.LiveWatch(platform) as watch:
             fleet = Fleet(platform, api, watch)
             await fleet.create(5)  # warm-up: imports, caches, the template's objects
             points: list[dict[str, Any]] = []
