@@ -6,13 +6,38 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.fixtures.isolation import create_database, create_vhost, drop_database, drop_vhost
+from tests.fixtures.isolation import (
+    TEMPLATE_ENV,
+    create_database,
+    create_vhost_async,
+    drop_database,
+    drop_template_database,
+    drop_vhost_async,
+)
 
 pytest_plugins = ["tests.fixtures.components", "tests.fixtures.platform", "tests.fixtures.sshd"]
+
+# The template this process named (and so drops at the end).
+_OWN_TEMPLATE = pytest.StashKey[str]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # One migrated template database for the whole run (its xdist workers inherit the
+    # name from the environment): every test database is a clone of it.
+    if not hasattr(config, "workerinput") and TEMPLATE_ENV not in os.environ:
+        os.environ[TEMPLATE_ENV] = f"sitefleet_test_tpl_{uuid.uuid4().hex[:10]}"
+        config.stash[_OWN_TEMPLATE] = os.environ[TEMPLATE_ENV]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    template = config.stash.get(_OWN_TEMPLATE, None)
+    if template is not None:
+        drop_template_database(template)
+        os.environ.pop(TEMPLATE_ENV, None)
 
 
 @pytest.fixture(scope="session")
@@ -21,10 +46,10 @@ def run_id() -> str:
 
 
 @pytest.fixture(scope="session")
-def amqp_url(run_id: str) -> Iterator[str]:
-    vhost, url = create_vhost(f"sitefleet-test-{run_id}")
+async def amqp_url(run_id: str) -> AsyncIterator[str]:
+    vhost, url = await create_vhost_async(f"sitefleet-test-{run_id}")
     yield url
-    drop_vhost(vhost)
+    await drop_vhost_async(vhost)
 
 
 @pytest.fixture(scope="session")

@@ -16,13 +16,13 @@ import pytest
 from cli.devstack import procs
 from tests.e2e.helpers import query
 from tests.fixtures.components import world_readable_tempdir
-from tests.fixtures.isolation import create_vhost, drop_database, drop_vhost
+from tests.fixtures.isolation import create_vhost_async, drop_database, drop_vhost_async
 
 
 @pytest.fixture
 async def dev_env(run_id: str):
     var = world_readable_tempdir("devrun")
-    vhost, amqp_url = create_vhost(f"sitefleet-test-{run_id}-devrun")
+    vhost, amqp_url = await create_vhost_async(f"sitefleet-test-{run_id}-devrun")
     db = f"sitefleet_test_{run_id}_devrun"  # the runner creates it, as on a fresh machine
     ports = {name: procs.free_port() for name in ("api", "http", "dns", "pdns")}
     env = {
@@ -37,7 +37,7 @@ async def dev_env(run_id: str):
     }
     yield env, ports
     await drop_database(db)
-    drop_vhost(vhost)
+    await drop_vhost_async(vhost)
     shutil.rmtree(var, ignore_errors=True)
 
 

@@ -22,7 +22,12 @@ from cli.devstack import procs
 from shared import broker
 from shared.messages import Envelope
 from shared.settings import PROJECT_ROOT
-from tests.fixtures.isolation import create_database, create_vhost, drop_database, drop_vhost
+from tests.fixtures.isolation import (
+    create_database,
+    create_vhost_async,
+    drop_database,
+    drop_vhost_async,
+)
 from tests.fixtures.platform import wait_until
 from tests.notifier.conftest import Receiver
 
@@ -81,7 +86,7 @@ async def running_notifier(**settings: str) -> AsyncIterator[Service]:
     """The notifier as a process on a fresh vhost and database, its ops webhook a
     ``Receiver``; ``settings`` override the env (e.g. ``SITEFLEET_GROUP_INTERVAL``)."""
     tag = uuid.uuid4().hex[:10]
-    vhost, amqp_url = create_vhost(f"sitefleet-test-ntf-{tag}")
+    vhost, amqp_url = await create_vhost_async(f"sitefleet-test-ntf-{tag}")
     db_name = f"sitefleet_test_ntfsvc_{tag}"
     database_url = await create_database(db_name)
     root = Path(tempfile.mkdtemp(prefix="sitefleet-notifier-"))
@@ -123,5 +128,5 @@ async def running_notifier(**settings: str) -> AsyncIterator[Service]:
         await svc.connection.close()
         receiver.close()
         await drop_database(db_name)
-        drop_vhost(vhost)
+        await drop_vhost_async(vhost)
         shutil.rmtree(root, ignore_errors=True)
