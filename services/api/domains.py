@@ -5,6 +5,7 @@ event handler owns the transaction; work for other services goes through the out
 from __future__ import annotations
 
 import secrets
+from typing import Any
 
 from sqlalchemy import Select, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -141,31 +142,30 @@ async def refuse_foreign_claim(
     ``domain_in_use`` when any site (of any tenant) already has ``name``. One query."""
     related = enclosing_names(name)
     under = f"%.{_escape_like(name)}"
-    checks = {
-        "in_use": site_in_use and select(Site.id).where(Site.domain == name),
-        "foreign_domain": select(Domain.id).where(
-            Domain.tenant_id != tenant_id,
-            Domain.status.in_(CLAIMED),
-            or_(Domain.name.in_(related), Domain.name.like(under)),
-        ),
-        "foreign_site": sites
-        and select(Site.id).where(
+    checks: dict[str, Select[Any]] = {}
+    if site_in_use:
+        checks["in_use"] = select(Site.id).where(Site.domain == name)
+    checks["foreign_domain"] = select(Domain.id).where(
+        Domain.tenant_id != tenant_id,
+        Domain.status.in_(CLAIMED),
+        or_(Domain.name.in_(related), Domain.name.like(under)),
+    )
+    if sites:
+        checks["foreign_site"] = select(Site.id).where(
             Site.tenant_id != tenant_id,
             or_(Site.domain.in_(related), Site.domain.like(under)),
-        ),
-        "look_alike": select(Domain.id).where(
-            Domain.tenant_id != tenant_id,
-            Domain.status.in_(CLAIMED),
-            Domain.skeleton == domain_skeleton(name),
-            Domain.name != name,
-        ),
-    }
-    asked = {key: query for key, query in checks.items() if query is not False}
+        )
+    checks["look_alike"] = select(Domain.id).where(
+        Domain.tenant_id != tenant_id,
+        Domain.status.in_(CLAIMED),
+        Domain.skeleton == domain_skeleton(name),
+        Domain.name != name,
+    )
     found = (
         (
             await session.execute(
                 select(
-                    *(query.limit(1).scalar_subquery().label(key) for key, query in asked.items())
+                    *(query.limit(1).scalar_subquery().label(key) for key, query in checks.items())
                 )
             )
         )

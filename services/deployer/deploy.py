@@ -484,15 +484,10 @@ class _Run:
             self._progress_timer = loop.call_later(self._progress_delay, self._progress_due)
 
     def _progress_due(self) -> None:
+        # Sends queue on ``_sending`` in the order their tasks start: once the latest is
+        # done, every earlier one is too.
         self._progress_timer = None
-        previous = self._progress_sent
-        self._progress_sent = asyncio.create_task(self._send_progress(previous))
-
-    async def _send_progress(self, previous: asyncio.Task[None] | None) -> None:
-        if previous is not None:
-            with contextlib.suppress(BaseException):
-                await previous
-        await self._send(DeploymentProgressed, self.status)
+        self._progress_sent = asyncio.create_task(self._send(DeploymentProgressed, self.status))
 
     def _cancel_timer(self) -> None:
         if self._progress_timer is not None:
