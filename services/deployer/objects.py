@@ -33,9 +33,10 @@ import re
 import secrets
 import stat
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 FILE_MODE = 0o644
 EXEC_MODE = 0o755
@@ -192,22 +193,42 @@ class ObjectStore:
                     raise
             copy += 1
 
-    def add(self, key: str, src: Path, dest: Path) -> None:
+    def add(self, key: str, src: Path, dest: str | Path) -> None:
         """Store ``src`` (verified against ``key``) as object ``key`` and link it to
         ``dest``. Two deployments adding the same object at once both succeed: the first
         link into the store wins, the content is the same either way."""
-        tmp = self._write_tmp(src, key)
+        with open(src, "rb") as reader:
+            try:
+                self.receive(key, reader, None, [dest])
+            except CorruptObject:
+                raise CorruptObject(f"{src} does not hash to object {key}") from None
+
+    def receive(
+        self, key: str, reader: IO[bytes], size: int | None, dests: Sequence[str | Path]
+    ) -> None:
+        """Store the next ``size`` bytes of ``reader`` (all of it if None), verified against
+        ``key``, as object ``key`` and link it at every one of ``dests``. The bytes are
+        written once, into a temp file that becomes the object: file creation, not copying,
+        is what costs on a web host's disk. ``size`` bytes are consumed even when they do
+        not hash to ``key`` (``CorruptObject``), so a stream stays in step."""
+        final = self._object_name(key)  # checks the key before it names a temp file
+        tmp = self._write_tmp(reader, key, size)
         try:
-            final = self.object_path(key)
-            final.parent.mkdir(mode=STORE_DIR_MODE, exist_ok=True)
             # link(2), not rename(2): rename would replace an existing object's inode, and
             # the releases linking the old one would no longer count toward its links.
-            with contextlib.suppress(FileExistsError):
+            try:
                 os.link(tmp, final)
+            except FileExistsError:
+                pass
+            except FileNotFoundError:  # the object's shard directory is new
+                os.makedirs(os.path.dirname(final), mode=STORE_DIR_MODE, exist_ok=True)
+                with contextlib.suppress(FileExistsError):
+                    os.link(tmp, final)
             # Our own object cannot be collected here (``tmp`` is a second link to it), but
             # another writer's, found in place, can: then our inode serves the release.
-            if not self.link(key, dest):
-                os.link(tmp, dest)
+            for dest in dests:
+                if not self.link(key, dest):
+                    os.link(tmp, dest)
         finally:
             os.unlink(tmp)
 
@@ -256,35 +277,51 @@ class ObjectStore:
         return keys
 
     def _start_copy(self, key: str, copy: int) -> bool:
-        source = self.object_path(key, copy - 1)
         try:
-            tmp = self._write_tmp(source, key)
+            reader = open(self._object_name(key, copy - 1), "rb")  # noqa: SIM115
         except FileNotFoundError:
             return False
+        with reader:
+            tmp = self._write_tmp(reader, key, None)
         try:
             with contextlib.suppress(FileExistsError):  # another writer started it first
-                os.link(tmp, self.object_path(key, copy))
+                os.link(tmp, self._object_name(key, copy))
         finally:
             os.unlink(tmp)
         return True
 
-    def _write_tmp(self, src: Path, key: str) -> Path:
-        tmp_dir = self.root / TMP_DIR
-        if not tmp_dir.is_dir():
-            for directory in (self.root, tmp_dir):
-                directory.mkdir(mode=STORE_DIR_MODE, parents=True, exist_ok=True)
-        tmp = tmp_dir / f"{key}.{secrets.token_hex(8)}"
+    def _write_tmp(self, reader: IO[bytes], key: str, size: int | None) -> str:
+        """A temp file in the store holding what ``reader`` gives (``size`` bytes, or to its
+        end), read-only, checked to hash to ``key``."""
+        tmp_dir = f"{self._root}/{TMP_DIR}"
+        tmp = f"{tmp_dir}/{key}.{secrets.token_hex(8)}"
+        mode = EXEC_OBJECT_MODE if key.endswith(EXEC_SUFFIX) else OBJECT_MODE
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        except FileNotFoundError:  # a new store
+            for directory in (self._root, tmp_dir):
+                os.makedirs(directory, mode=STORE_DIR_MODE, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         digest = hashlib.sha256()
+        left = size
         # No fsync: a crash loses at most temp files; the object appears by link(2) only
         # once it is whole.
-        with open(src, "rb") as reader, open(tmp, "xb") as writer:
-            while chunk := reader.read(_CHUNK):
+        with open(fd, "wb") as writer:
+            while left is None or left > 0:
+                chunk = reader.read(_CHUNK if left is None else min(left, _CHUNK))
+                if not chunk:
+                    if left is None:
+                        break
+                    os.unlink(tmp)
+                    raise EOFError(f"the stream ended with {left} bytes of object {key} due")
                 digest.update(chunk)
                 writer.write(chunk)
+                if left is not None:
+                    left -= len(chunk)
+        os.chmod(tmp, mode)  # whatever the umask
         if digest.hexdigest() != key.removesuffix(EXEC_SUFFIX):
-            tmp.unlink()
-            raise CorruptObject(f"{src} does not hash to object {key}")
-        os.chmod(tmp, EXEC_OBJECT_MODE if key.endswith(EXEC_SUFFIX) else OBJECT_MODE)
+            os.unlink(tmp)
+            raise CorruptObject(f"the bytes offered do not hash to object {key}")
         return tmp
 
     def _copies(self, keys: Iterable[str]) -> Iterator[Path]:

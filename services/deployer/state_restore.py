@@ -15,7 +15,6 @@ Stdlib only, like state_archive.py.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -44,11 +43,7 @@ from services.deployer.layout import (
 from services.deployer.nginx_rules import reload_nginx, replace_rules
 from services.deployer.objects import (
     DIR_MODE,
-    EXEC_OBJECT_MODE,
-    EXEC_SUFFIX,
-    OBJECT_MODE,
-    STORE_DIR_MODE,
-    TMP_DIR,
+    CorruptObject,
     Entry,
     ObjectStore,
 )
@@ -305,32 +300,14 @@ def _restore_object(store: ObjectStore, key: str, data: IO[bytes], size: int) ->
     The bytes must hash to ``key``: the store's names never lie."""
     if not _KEY.match(key):
         raise BadArchive(f"objects/{key} is not an object name")
-    final = store.object_path(key)
-    if final.exists():
+    if store.object_path(key).exists():
         return False
-    staging = store.root / TMP_DIR
-    for directory in (store.root, staging):
-        directory.mkdir(mode=STORE_DIR_MODE, parents=True, exist_ok=True)
-    tmp = staging / f"restore-{key}.{secrets.token_hex(8)}"
-    digest = hashlib.sha256()
     try:
-        with open(tmp, "xb") as out:
-            left = size
-            while left:
-                chunk = data.read(min(left, CHUNK_BYTES))
-                if not chunk:
-                    raise BadArchive(f"objects/{key} ends early")
-                digest.update(chunk)
-                out.write(chunk)
-                left -= len(chunk)
-        if digest.hexdigest() != key.removesuffix(EXEC_SUFFIX):
-            raise BadArchive(f"objects/{key} does not hash to its name")
-        os.chmod(tmp, EXEC_OBJECT_MODE if key.endswith(EXEC_SUFFIX) else OBJECT_MODE)
-        final.parent.mkdir(mode=STORE_DIR_MODE, exist_ok=True)
-        with contextlib.suppress(FileExistsError):  # stored meanwhile: same content
-            os.link(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
+        store.receive(key, data, size, [])
+    except EOFError:
+        raise BadArchive(f"objects/{key} ends early") from None
+    except CorruptObject:
+        raise BadArchive(f"objects/{key} does not hash to its name") from None
     return True
 
 

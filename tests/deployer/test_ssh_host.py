@@ -80,6 +80,10 @@ def unique_site(release_id: str, tag: str) -> dict[str, str | bytes]:
     }
 
 
+def key_of(content: str) -> str:
+    return hashlib.sha256(content.encode()).hexdigest()
+
+
 def store_of(sites_root: Path) -> ObjectStore:
     return ObjectStore(sites_root / release_py.OBJECTS)
 
@@ -355,6 +359,57 @@ async def test_a_file_changed_after_its_manifest_fails_the_upload_transiently(
     monkeypatch.undo()  # the retry builds again and succeeds
     assert (await host.upload(domain, release, src)).files == 4
     assert await host.releases(domain) == [release]
+
+
+async def test_content_at_several_paths_is_sent_once_and_linked_at_each(
+    host: SshHost, domain: str, sites_root: Path, tmp_path: Path
+) -> None:
+    release = new_id("dep")
+    same = f"same {uuid.uuid4()}\n"
+    src = write_tree(tmp_path / release, {"a.txt": same, "b/a.txt": same, "c.txt": same})
+
+    stats = await host.upload(domain, release, src)
+
+    assert (stats.files, stats.uploaded_files, stats.uploaded_bytes) == (3, 1, len(same))
+    obj = store_of(sites_root).object_path(key_of(same))
+    assert obj.stat().st_nlink == 4  # the store's name and the release's three
+    tree = sites_root / domain / "releases" / release
+    assert {(tree / p).stat().st_ino for p in ("a.txt", "b/a.txt", "c.txt")} == {obj.stat().st_ino}
+
+
+async def test_a_file_changed_amid_the_stream_fails_cleanly_and_the_retry_sends_the_rest(
+    host: SshHost, domain: str, sites_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The object that fails its hash is followed by others: the agent reads them all and
+    answers ``corrupt`` (not a dead agent), keeps no temp file, stores nothing that fails its
+    hash, and the retry stores every file."""
+    release = new_id("dep")
+    tag = uuid.uuid4().hex
+    files = {f"p{n:02d}.html": f"<p>{tag} {n}</p>" * (n + 1) for n in range(12)}
+    src = write_tree(tmp_path / release, files)
+
+    def manifest_then_edit(src_dir: Path) -> list[Any]:
+        entries = build_manifest(src_dir)
+        (src_dir / "p03.html").write_text("changed after its manifest")
+        return entries
+
+    monkeypatch.setattr("services.deployer.transport.ssh.build_manifest", manifest_then_edit)
+    with pytest.raises(Transient) as info:
+        await host.upload(domain, release, src)
+    assert info.value.code == "release_changed_during_upload"
+    store = store_of(sites_root)
+    assert not store.object_path(key_of("changed after its manifest")).exists()
+    assert not any((store.root / objects.TMP_DIR).iterdir())  # no temp file left behind
+    assert await host.releases(domain) == []
+    monkeypatch.undo()
+    (src / "p03.html").write_text(files["p03.html"])
+
+    stats = await host.upload(domain, release, src)
+
+    # The three objects before the bad one were stored; it and the eight after it were not.
+    assert (stats.files, stats.uploaded_files) == (12, 9)
+    tree = sites_root / domain / "releases" / release
+    assert {p: (tree / p).read_text() for p in files} == files
 
 
 @pytest.mark.parametrize(

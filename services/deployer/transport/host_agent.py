@@ -59,8 +59,6 @@ from services.deployer.layout import (
 from services.deployer.nginx_rules import RulesRefused, reload_nginx, write_rules
 from services.deployer.objects import (
     DIR_MODE,
-    STORE_DIR_MODE,
-    TMP_DIR,
     CorruptObject,
     Entry,
     ObjectStore,
@@ -235,29 +233,21 @@ class SiteFiles:
         return {"stored": stored}
 
     def _receive(self, by_key: dict[str, list[Entry]], stdin: IO[bytes], dest: Path) -> int:
-        """Store each object from the stream (verified by ``ObjectStore.add``) and link it at
-        every path that uses it. The whole stream is read even after a bad object, so the
-        deployer always gets to read the reply."""
-        staging = self.store.root / TMP_DIR
-        for directory in (self.store.root, staging):
-            directory.mkdir(mode=STORE_DIR_MODE, parents=True, exist_ok=True)
+        """Store each object straight from the stream (verified by ``ObjectStore.receive``)
+        and link it at every path that uses it. The whole stream is read even after a bad
+        object, so the deployer always gets to read the reply."""
         failure: CorruptObject | None = None
         stored = 0
         for key, entries in by_key.items():
-            staged = staging / f"recv-{key}.{secrets.token_hex(8)}"
+            size = entries[0].size
+            if failure is not None:
+                _skip_exact(stdin, size)
+                continue
             try:
-                with open(staged, "xb") as out:
-                    _copy_exact(stdin, out, entries[0].size)
-                if failure is None:
-                    self.store.add(key, staged, dest / entries[0].path)
-                    stored += 1
-                    for entry in entries[1:]:
-                        if not self.store.link(key, dest / entry.path):  # collected meanwhile
-                            self.store.add(key, staged, dest / entry.path)
+                self.store.receive(key, stdin, size, [dest / entry.path for entry in entries])
+                stored += 1
             except CorruptObject as exc:
                 failure = exc
-            finally:
-                staged.unlink(missing_ok=True)
         if failure is not None:
             raise failure
         return stored
@@ -351,12 +341,11 @@ def _read_exact(stream: IO[bytes], size: int) -> bytes:
     return data
 
 
-def _copy_exact(src: IO[bytes], dst: IO[bytes], size: int) -> None:
+def _skip_exact(src: IO[bytes], size: int) -> None:
     while size:
         chunk = src.read(min(size, _CHUNK))
         if not chunk:
             raise EOFError(f"the deployer closed the stream with {size} bytes of an object due")
-        dst.write(chunk)
         size -= len(chunk)
 
 
