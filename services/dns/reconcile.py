@@ -19,7 +19,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from sqlalchemy import and_, delete, func, tuple_, update
+from sqlalchemy import and_, bindparam, delete, func, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -324,7 +324,11 @@ async def _sync_rows(
             ),
         )
     )
-    stmt = insert(DnsRecord).values(rows)
+    if not rows:
+        return
+    # Rows as execution parameters, not .values(rows): a multi-VALUES statement is compiled
+    # anew on every call, this form once (SQLAlchemy batches the rows into one INSERT).
+    stmt = insert(DnsRecord)
     stmt = stmt.on_conflict_do_update(
         index_elements=["site_id", "name", "type", "content"],
         set_={
@@ -336,21 +340,34 @@ async def _sync_rows(
             "updated_at": func.now(),
         },
     )
-    await session.execute(stmt)
+    await session.execute(stmt, rows)
 
 
 async def _record_verification(
     session: AsyncSession, *, site_id: str, outcome: Mapping[tuple[str, str], str | None]
 ) -> None:
     """``verified`` rows for RRsets served as desired; the others stay ``applied`` with
-    why they are not (yet) served in ``error``."""
-    for (name, rtype), why in outcome.items():
-        await session.execute(
-            update(DnsRecord)
-            .where(DnsRecord.site_id == site_id, DnsRecord.name == name, DnsRecord.type == rtype)
-            .values(
-                status="applied" if why else "verified",
-                error=f"not served yet: {why}" if why else None,
-                updated_at=func.now(),
-            )
+    why they are not (yet) served in ``error``. One statement for every RRset at once
+    (run as asyncpg's executemany: one round trip, compiled once)."""
+    if not outcome:
+        return
+    records = DnsRecord.metadata.tables[DnsRecord.__tablename__]
+    await session.execute(
+        update(records)
+        .where(
+            records.c.site_id == bindparam("b_site"),
+            records.c.name == bindparam("b_name"),
+            records.c.type == bindparam("b_type"),
         )
+        .values(status=bindparam("b_status"), error=bindparam("b_error"), updated_at=func.now()),
+        [
+            {
+                "b_site": site_id,
+                "b_name": name,
+                "b_type": rtype,
+                "b_status": "applied" if why else "verified",
+                "b_error": f"not served yet: {why}" if why else None,
+            }
+            for (name, rtype), why in outcome.items()
+        ],
+    )
