@@ -86,40 +86,41 @@ def machine() -> dict[str, str]:
 # row not met; the figures behind them are in that row and its notes.
 WHY: dict[str, str] = {
     "S1": "our deploy path is the upload (read and SHA-256 every file, store what is new, "
-    "hardlink 60 names, rename) plus `activate` and the first GET through nginx. The upload "
-    "alone takes most of the p50 (see the note): about 0.2–0.4 ms per file of Python and "
-    "syscalls in one worker thread, against BENCH's floor of about 50 µs per file; doing "
-    "the per-file work in fewer, larger steps is the open work. Nothing on the path grows "
-    "with the number of sites (one directory per site, one symlink swap); the 10k ÷ 1k "
-    "ratio has come out 0.54× and 1.51× in two full runs, which is this machine's noise.",
+    "hardlink 60 names, rename) plus `activate` and the first GET through nginx; the upload "
+    "takes most of the p50 (see the note). Its dearest step is creating the new pages' "
+    "objects: creating a file costs this VM's kernel 40–250 µs, varying from minute to "
+    "minute (bench/README.md), so a run at a bad minute misses 10 ms. Nothing on the path "
+    "grows with the number of sites (one directory per site, one symlink swap).",
     "S2": "we upload exactly the changed files (met). The byte ratio is missed because "
     "rsync's delta transfer sends at most the changed pages too (about as many bytes as "
     "ours in one run; with pages that differ only by a release id, far fewer), so 10× "
     "fewer bytes than rsync is not reachable by sending whole changed files: it would "
     "take deltas of our own.",
-    "S3": "each file is hashed, written into the host's content store and linked into the "
-    "release through the host agent over one SSH connection; the baselines only write "
-    "files. Per file we are ahead of asyncssh's `put` and about level with OpenSSH's "
-    "`sftp -b` (C, pipelined); 0.3 ms per file needs fewer round trips per file than the "
-    "agent makes now.",
+    "S3": "each file becomes one object created in the host's content store (hashed from "
+    "the SSH stream straight into it), linked into the release, over one SSH connection. "
+    "Creating a file costs this VM's kernel 40–250 µs (bench/README.md), most of the "
+    "agent's time per file; the baselines create one file per file too, `sftp -b` from C "
+    "with its requests pipelined, so the ratios show what our Python adds on top of it.",
     "S4": "the CPU per site of all processes together (the row's note) caps two cores at "
     "2,000 ÷ (ms per site) sites/s before any waiting; 200 sites/s needs ≤ 10 ms per site, "
     "while every site costs each service a transaction and each message a confirmed "
     "publish. That needs work batched across sites (one transaction and one message for "
     "many), not tuning; what tuning removed is listed in bench/README.md.",
-    "S5": "each job is one persistent, confirmed publish and one ack, framed by aio-pika in "
-    "Python on both ends (publisher and consumer share this process, with 200 confirms in "
-    "flight); ours and Dramatiq are level. 5,000 jobs/s leaves 0.4 ms of CPU per job on two "
-    "cores, broker included: that needs several jobs per message or a client that frames "
-    "outside Python.",
-    "S7": "creating a zone in PowerDNS (sqlite3 backend) is one HTTP POST that PowerDNS "
-    "commits per zone, and our side waits on it. The re-sync target is met from the "
-    "running service (serials unchanged: one listing call); a fresh process reads every "
-    "zone once.",
+    "S5": "each job is one persistent, confirmed publish into a quorum queue and one ack, "
+    "framed by aio-pika in Python on both ends (publisher and consumer share this process, "
+    "with 200 confirms in flight); we are ahead of Celery and Dramatiq in the same run. "
+    "5,000 jobs/s leaves 0.4 ms of CPU per job on two cores, broker included, and our "
+    "process alone spends about that (a `send` syscall per frame is its largest share): it "
+    "needs several jobs per message or batched acks.",
+    "S7": "creating a zone in PowerDNS (sqlite3 backend) is one HTTP POST on a new TCP "
+    "connection (PowerDNS closes every one) that PowerDNS commits per zone; writes are "
+    "serialized (sqlite3 refuses a second writer), and about half the time per zone is our "
+    "client's CPU, mostly connection setup. The re-sync target is met from the running "
+    "service (serials unchanged: one listing call); a fresh process reads every zone once.",
     "S8": "a POST runs five SQL statements (note) through SQLAlchemy and asyncpg plus "
-    "FastAPI's dependency solving, about 10–20 ms of CPU against well under 1 ms for the "
-    "hello-world route on the same server; 2,000 req/s on two cores leaves 1 ms per request "
-    "for everything, about what the hello-world route alone costs.",
+    "FastAPI's dependency solving, 25–35× the CPU of the hello-world route on the same "
+    "server (the note gives both); one API process serves on one core, and 2,000 req/s on "
+    "two cores leaves 1 ms per request for everything.",
 }
 
 
