@@ -18,7 +18,7 @@ app.conf.update(
 )
 
 
-@app.task(name="bench.noop")
+@app.task(name="bench.noop")  # type: ignore[untyped-decorator]  # celery is untyped
 def noop(seq: int, sent: float) -> None:
     received = time.time()
     with open(os.environ["BENCH_OUT"], "a") as out:

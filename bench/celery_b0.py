@@ -37,7 +37,7 @@ def pack() -> TemplatePack:
     return load_pack(PROJECT_ROOT / "templates" / "landing" / "1.0.0")
 
 
-@app.task(name="bench.b0_site")
+@app.task(name="bench.b0_site")  # type: ignore[untyped-decorator]  # celery is untyped
 def b0_site(seq: int, domain: str, params: dict[str, object], sent: float) -> None:
     prefix = Path(os.environ["BENCH_B0_PREFIX"])
     port = int(os.environ["BENCH_B0_PORT"])

@@ -138,7 +138,11 @@ async def run_s3(stack: Stack, *, quick: bool, reps: int, warmup: int) -> list[R
     remote = stack.tempdir("s3-remote")
     work = stack.tempdir("s3-src")
     host = ssh_host(server, remote / "sites")
-    pinned = ([asyncssh.import_public_key(server.host_key)], [], [])
+    pinned: tuple[list[asyncssh.SSHKey], list[asyncssh.SSHKey], list[asyncssh.SSHKey]] = (
+        [asyncssh.import_public_key(server.host_key)],
+        [],
+        [],
+    )
     conn = await asyncssh.connect(
         "127.0.0.1", server.port, username=server.username,
         client_keys=[str(server.client_key)], known_hosts=pinned,

@@ -37,6 +37,7 @@ from bench.s5_queue import add_vhost, delete_vhost, lines
 from bench.stack import Stack
 from cli.devstack import procs
 from shared.settings import PROJECT_ROOT
+from tests.fixtures.platform import Platform
 
 CONCURRENCY = 16
 PROBES = 10
@@ -45,7 +46,7 @@ IMAGES = PROJECT_ROOT / "docs" / "images"
 POINTS = PROJECT_ROOT / "var" / "bench" / "s4-points.json"
 
 
-async def drained(platform: plat.Platform, timeout: float = 600) -> float:
+async def drained(platform: Platform, timeout: float = 600) -> float:
     """Wait until every queue of the platform is empty; returns the seconds waited."""
     started = time.perf_counter()
     connection = await plat.connect(platform.amqp_url)
@@ -69,7 +70,7 @@ async def drained(platform: plat.Platform, timeout: float = 600) -> float:
 class Fleet:
     """Sites created on one platform, with their POST and live times."""
 
-    def __init__(self, platform: plat.Platform, api: Any, watch: plat.LiveWatch) -> None:
+    def __init__(self, platform: Platform, api: Any, watch: plat.LiveWatch) -> None:
         self.platform, self.api, self.watch = platform, api, watch
         self.tag = uuid.uuid4().hex[:6]
         self.count = 0

@@ -101,7 +101,7 @@ async def storm(
         finally:
             stop.set()
 
-    *visits, _ = await asyncio.gather(*(visit() for _ in range(CLIENTS)), switch())
+    visits, _ = await asyncio.gather(asyncio.gather(*(visit() for _ in range(CLIENTS))), switch())
     pages = [page for found in visits for page in found]
     fetches = [f for page in pages for f in page]
     good = [f for f in fetches if f.status == 200 and f.release is not None]
