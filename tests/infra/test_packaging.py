@@ -146,6 +146,17 @@ def compose_problems(doc: dict[str, Any]) -> list[str]:
                         f"{name}: stop_grace_period {grace} is not above its drain on "
                         f"SIGTERM ({drain_seconds(package):g} s)"
                     )
+    web_image = services.get("web", {}).get("image")
+    tls = services.get("sites-tls", {})
+    waits = ((services.get("deployer", {}).get("depends_on") or {}).get("sites-tls") or {}).get(
+        "condition"
+    )
+    if (
+        tls.get("image") != web_image
+        or "/srv/sites/.tls" not in " ".join(tls.get("command") or [])
+        or waits != "service_completed_successfully"
+    ):
+        problems.append("the deployer does not wait for .tls/ to be made the web workers'")
     migrate = services.get("migrate")
     if migrate is None:
         problems.append("no migrate service")
@@ -211,6 +222,8 @@ def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
         (_set("services.deployer.stop_grace_period", "10s"), "deployer: stop_grace_period"),
         (_set("services.deployer.command", ["python", "-m", "services.deploy"]), "no __main__"),
         (_set("volumes", {"pgdata": None}), "is not declared"),
+        (_set("services.deployer.depends_on.sites-tls", KeyError), "made the web workers'"),
+        (_set("services.sites-tls.image", "alpine:3.20"), "made the web workers'"),
     ],
 )
 def test_the_compose_checks_reject_a_broken_file(
