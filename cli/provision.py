@@ -539,6 +539,13 @@ async def _register(plan: Plan, settings: DeployerSettings) -> tuple[bool, str]:
                         f"the host key of {plan.name!r} is not the one pinned at registration",
                         code="host_key_changed",
                     )
+                if (row.nginx_listen, row.https_port) != (plan.listen, plan.https_port):
+                    # The config just installed listens there now (e.g. a host registered
+                    # before HTTPS, bootstrapped again): the deployer must check it there.
+                    row.nginx_listen, row.https_port = plan.listen, plan.https_port
+                    return True, (
+                        f"{plan.name} now listens on {plan.listen}, TLS on port {plan.https_port}"
+                    )
                 return False, f"{plan.name} already registered as {deploy.user}@{deploy.address}"
             await hosts.add_host(
                 session,

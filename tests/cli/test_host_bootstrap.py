@@ -20,13 +20,14 @@ from pathlib import Path
 import aio_pika
 import httpx
 import pytest
+from sqlalchemy import select
 
 from cli.devstack import procs
 from shared.broker import Publisher
 from shared.db import create_engine, create_sessionmaker
 from shared.ids import new_id
 from shared.messages import CertificateInstallRequested
-from shared.models import Certificate
+from shared.models import Certificate, WebHost
 from tests.deployer.test_tls_hosts import LocalCa
 from tests.e2e.helpers import landing_params, wait_deployment
 from tests.fixtures.components import world_readable_tempdir
@@ -232,6 +233,25 @@ async def test_bootstrap_prepares_registers_is_idempotent_and_the_host_serves_a_
     async with httpx.AsyncClient(timeout=5) as web:
         moved = await web.get(f"http://127.0.0.1:{machine.http_port}/", headers={"Host": domain})
     assert moved.status_code == 301
+
+    # Bootstrapped again with TLS on another port: the config and the registration follow.
+    machine.https_port = procs.free_port()
+    third = await asyncio.to_thread(sitefleet, platform.env, *machine.bootstrap_args())
+    assert third.returncode == 0, third.stdout + third.stderr
+    moved_to = f"now listens on 127.0.0.1:{machine.http_port}, TLS on port {machine.https_port}"
+    assert f"changed  register: web-boot {moved_to}" in third.stdout, third.stdout
+    engine = create_engine(platform.database_url, application_name="tests", pool_size=1)
+    async with create_sessionmaker(engine)() as session:
+        row = await session.scalar(select(WebHost).where(WebHost.name == "web-boot"))
+        assert row is not None and row.https_port == machine.https_port
+    await engine.dispose()
+    async with httpx.AsyncClient(verify=ca.context(), timeout=5) as tls:
+        secure = await tls.get(
+            f"https://127.0.0.1:{machine.https_port}/",
+            headers={"Host": domain},
+            extensions={"sni_hostname": domain},
+        )
+    assert secure.status_code == 200 and dep["id"] in secure.text
 
 
 async def test_bootstrap_refuses_a_deploy_user_that_could_be_a_shell_trick(
