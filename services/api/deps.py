@@ -33,7 +33,9 @@ class AppState:
     registrar: Registrar
 
 
-def get_state(request: Request) -> AppState:
+# Dependencies are ``async def`` even when they never await: FastAPI runs a plain ``def``
+# dependency in its thread pool, a thread hop per request for nothing.
+async def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.sitefleet
     return state
 
@@ -89,7 +91,7 @@ class Once:
         )
 
 
-def get_once(
+async def get_once(
     request: Request,
     session: SessionDep,
     principal: PrincipalDep,

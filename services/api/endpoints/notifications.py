@@ -60,8 +60,12 @@ class ChannelPolicy(BaseSettings):
 
 
 @functools.cache
-def channel_policy() -> ChannelPolicy:
+def _channel_policy() -> ChannelPolicy:
     return ChannelPolicy()
+
+
+async def channel_policy() -> ChannelPolicy:  # async: no thread pool hop (deps.py)
+    return _channel_policy()
 
 
 PolicyDep = Annotated[ChannelPolicy, Depends(channel_policy)]

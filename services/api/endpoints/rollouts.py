@@ -32,7 +32,7 @@ from shared.errors import Forbidden
 from shared.models import RolloutSite
 
 
-def require_ops(principal: PrincipalDep) -> Principal:
+async def require_ops(principal: PrincipalDep) -> Principal:
     if not principal.is_ops:
         raise Forbidden(
             "rollouts need an ops token (sitefleet token create --ops)", code="ops_scope_required"
