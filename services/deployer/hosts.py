@@ -224,33 +224,29 @@ class HostRegistry:
         # The settings' web host, used while no host is registered.
         self.local = Target.local(local, settings)
         self._transports: dict[str, HostTransport] = {}
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     async def targets_for_deploy(self, site_id: str) -> list[Target]:
         """The site's hosts, placing the site if this is its first deployment."""
-        rows = await self._in_transaction(
-            "placing the site", lambda s: place_site(s, site_id, self.settings.hosts_per_site)
-        )
+        # Read first without a transaction (the usual answer: the site is placed, or no
+        # host is registered), place in one only when needed; the caller holds the site's
+        # lock, so nothing places it in between.
+        rows, registered = await self._in_autocommit("reading the site's hosts", site_id)
+        if not rows and registered:
+            rows = await self._in_transaction(
+                "placing the site", lambda s: place_site(s, site_id, self.settings.hosts_per_site)
+            )
         return [self._target(row) for row in rows] or [self.local]
 
     async def targets_for_removal(self, site_id: str) -> list[Target]:
-        rows = await self._in_transaction(
-            "reading the site's hosts", lambda s: assigned_hosts(s, site_id)
-        )
+        rows, _ = await self._in_autocommit("reading the site's hosts", site_id, count=False)
         return [self._target(row) for row in rows] or [self.local]
 
     async def targets_of_site(self, site_id: str) -> list[Target]:
         """The hosts the site lives on, placing nothing: the settings' web host while no
         host is registered; none for a site that is on no registered host (never deployed,
         or removed)."""
-
-        async def read(session: AsyncSession) -> tuple[list[WebHost], int]:
-            rows = await assigned_hosts(session, site_id)
-            registered = (
-                0 if rows else await session.scalar(select(func.count()).select_from(WebHost))
-            )
-            return rows, int(registered or 0)
-
-        rows, registered = await self._in_transaction("reading the site's hosts", read)
+        rows, registered = await self._in_autocommit("reading the site's hosts", site_id)
         if rows:
             return [self._target(row) for row in rows]
         return [] if registered else [self.local]
@@ -268,6 +264,21 @@ class HostRegistry:
         for transport in transports.values():
             if isinstance(transport, SshHost):
                 await transport.close()
+
+    async def _in_autocommit(
+        self, action: str, site_id: str, *, count: bool = True
+    ) -> tuple[list[WebHost], int]:
+        """The site's hosts and, when it has none and ``count``, how many hosts are
+        registered: statements in autocommit (no BEGIN and COMMIT round trips)."""
+        try:
+            async with AsyncSession(self._autocommit, expire_on_commit=False) as session:
+                rows = await assigned_hosts(session, site_id)
+                if rows or not count:
+                    return rows, len(rows)
+                registered = await session.scalar(select(func.count()).select_from(WebHost))
+                return rows, int(registered or 0)
+        except (SQLAlchemyError, OSError) as exc:
+            raise Unavailable(f"{action} failed: the database is unavailable: {exc}") from exc
 
     async def _in_transaction(self, action: str, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
         try:
