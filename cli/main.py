@@ -15,7 +15,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.api import identity
 from shared.db import create_engine, create_sessionmaker
 from shared.errors import SitefleetError
-from shared.migrate import upgrade
 from shared.settings import CommonSettings
 
 app = typer.Typer(no_args_is_help=True, help="Operate a Sitefleet installation.")
@@ -104,6 +103,8 @@ def token_create(
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply every pending schema migration."""
+    from shared.migrate import upgrade  # alembic: only this command needs it
+
     upgrade(CommonSettings().database_url)
 
 

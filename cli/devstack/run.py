@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -215,6 +216,14 @@ def _demo_site(api: str, token: str) -> dict[str, object]:
     return dict(site)
 
 
+def _stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
+    threads = [threading.Thread(target=procs.stop, args=(proc,)) for proc in processes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 def run() -> int:
     s = DevSettings()
     var = s.var_dir
@@ -231,7 +240,8 @@ def run() -> int:
                 "running? Stop it, or choose other ports (see README)."
             )
             return 1
-    started: list[subprocess.Popen[bytes]] = []
+    components: list[subprocess.Popen[bytes]] = []  # nginx, PowerDNS
+    services: dict[str, subprocess.Popen[bytes]] = {}
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -240,13 +250,16 @@ def run() -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # rabbitmq-plugins takes seconds (an Erlang node of its own starts) and nothing else
+    # waits on it: it runs while the rest starts, and is done before the banner.
+    plugins = threading.Thread(target=_enable_broker_plugins, name="rabbitmq-plugins")
     try:
         console.print("[bold]Sitefleet[/] starting…")
-        _enable_broker_plugins()
+        plugins.start()
         asyncio.run(_ensure_database(s.database_url))
         upgrade(s.database_url)
         sites_root = var / "www" / "sites"
-        started.append(
+        components.append(
             start_nginx(
                 var / "nginx",
                 port=s.http_port,
@@ -255,7 +268,7 @@ def run() -> int:
                 hsts_max_age=s.hsts_max_age,
             )
         )
-        started.append(
+        components.append(
             start_pdns(
                 var / "pdns", dns_port=s.dns_port, api_port=s.pdns_api_port, api_key=s.pdns_api_key
             )
@@ -277,21 +290,19 @@ def run() -> int:
             # "DNS host"); a real install leaves this empty (the system resolver).
             "SITEFLEET_DOMAIN_RESOLVER": f"127.0.0.1:{s.dns_port}",
         }
-        services = {
-            name: procs.start(
+        for name in SERVICES:
+            services[name] = procs.start(
                 [sys.executable, "-m", f"services.{name}"],
                 log=var / "log" / f"{name}.log",
                 env=env,
                 cwd=PROJECT_ROOT,
             )
-            for name in SERVICES
-        }
-        started.extend(services.values())
         api = f"http://127.0.0.1:{s.api_port}"
         _wait_ready(api, services)
         token = asyncio.run(_demo_token(s.database_url))
         _demo_domain(api, token, f"http://127.0.0.1:{s.pdns_api_port}", s.pdns_api_key)
         site = _demo_site(api, token)
+        plugins.join()
         dig = f"dig @127.0.0.1 -p {s.dns_port} +noall +answer"
         console.print(f"""
 [bold green]Sitefleet is running.[/]  Demo site [bold]{DEMO_DOMAIN}[/] is {site["status"]}.
@@ -326,5 +337,9 @@ Press Ctrl-C to stop.""")
         return 1
     finally:
         console.print("stopping…")
-        for proc in reversed(started):
-            procs.stop(proc)
+        # The services side by side (each drains for a while on SIGTERM), then nginx and
+        # PowerDNS, which their last jobs may still need.
+        _stop_all(list(services.values()))
+        _stop_all(components)
+        if plugins.ident is not None:
+            plugins.join()

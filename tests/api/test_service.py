@@ -188,8 +188,10 @@ async def test_sigterm_under_load_loses_and_repeats_no_job(platforms: PlatformFa
         assert set(queued) == committed
         assert set(load.created) <= deployed_sites  # every 201 has its deployment job
     finally:
+        # Off the event loop: the API's broker connection goes through the proxy, which
+        # runs on this loop (blocked, the proxy would stall the API's clean stop).
         for proc_name in list(platform.procs):
-            platform.stop_service(proc_name)
+            await asyncio.to_thread(platform.stop_service, proc_name)
         await connection.close()
         await engine.dispose()
         await proxy.cut()

@@ -111,7 +111,10 @@ class FakeWebHost:
 
         self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.http_port = self.http.server_address[1]
-        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+        # shutdown() waits for the loop's next poll: 0.05 s, not the default 0.5 s.
+        threading.Thread(
+            target=self.http.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
         self.tls_port = procs.free_port()
         self._tls: asyncio.AbstractServer | None = None
 

@@ -24,7 +24,7 @@ async def dev_env(run_id: str):
     var = world_readable_tempdir("devrun")
     vhost, amqp_url = await create_vhost_async(f"sitefleet-test-{run_id}-devrun")
     db = f"sitefleet_test_{run_id}_devrun"  # the runner creates it, as on a fresh machine
-    ports = {name: procs.free_port() for name in ("api", "http", "dns", "pdns")}
+    ports = {name: procs.free_port() for name in ("api", "http", "https", "dns", "pdns")}
     env = {
         **os.environ,
         "SITEFLEET_VAR_DIR": str(var),
@@ -32,6 +32,7 @@ async def dev_env(run_id: str):
         "SITEFLEET_DATABASE_URL": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{db}",
         "SITEFLEET_API_PORT": str(ports["api"]),
         "SITEFLEET_HTTP_PORT": str(ports["http"]),
+        "SITEFLEET_HTTPS_PORT": str(ports["https"]),
         "SITEFLEET_DNS_PORT": str(ports["dns"]),
         "SITEFLEET_PDNS_API_PORT": str(ports["pdns"]),
     }

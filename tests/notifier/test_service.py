@@ -23,7 +23,7 @@ from tests.fixtures.platform import wait_until
 from tests.notifier.conftest import failed
 from tests.notifier.process import Service, running_notifier
 
-GROUP_INTERVAL = 2.0
+GROUP_INTERVAL = 1.0
 
 
 @pytest.fixture(scope="module")

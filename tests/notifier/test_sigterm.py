@@ -22,7 +22,7 @@ from tests.notifier.process import running_notifier
 
 pytestmark = pytest.mark.slow
 
-GROUP_INTERVAL = 2.0
+GROUP_INTERVAL = 1.0
 BATCHES = 10
 PER_BATCH = 100
 SITES = 20
