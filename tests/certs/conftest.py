@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import shutil
 import ssl
 import sys
 import tempfile
@@ -447,11 +448,10 @@ async def certs_stacks(run_id: str, pdns_server: PowerDns) -> AsyncIterator[Stac
             await asyncio.to_thread(drop_vhost, vhost)
             kept = Path(tempfile.gettempdir()) / "sitefleet-test-logs" / f"{run_id}-certs-{name}"
             if stack.logs.exists():
-                import shutil
-
                 shutil.copytree(stack.logs, kept, dirs_exist_ok=True)
                 if ca is not None:
                     shutil.copy(ca.log, kept / "pebble.log")
+            shutil.rmtree(root, ignore_errors=True)  # the logs are kept above
 
         cleanups.append(cleanup)
         if service:

@@ -4,6 +4,7 @@ None of them is retried against the CA at once; each leaves a clear status and a
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 from collections.abc import Iterator
 
 import pytest
@@ -56,6 +57,7 @@ async def test_ca_rejects_the_challenge(certs_stacks: StackFactory) -> None:
         assert stack.host.challenges == {}
     finally:
         await impostor.close()
+        shutil.rmtree(impostor.root, ignore_errors=True)
 
 
 async def test_ca_unreachable_retries_then_parks(certs_stacks: StackFactory) -> None:
