@@ -98,10 +98,11 @@ WHY: dict[str, str] = {
     "fewer bytes than rsync is not reachable by sending whole changed files: it would "
     "take deltas of our own.",
     "S3": "each file becomes one object created in the host's content store (hashed from "
-    "the SSH stream straight into it), linked into the release, over one SSH connection. "
+    "the SSH stream straight into it) and linked into the release, over one SSH connection. "
     "Creating a file costs this VM's kernel 40–250 µs (bench/README.md), most of the "
-    "agent's time per file; the baselines create one file per file too, `sftp -b` from C "
-    "with its requests pipelined, so the ratios show what our Python adds on top of it.",
+    "agent's time per file, so 5× asyncssh's `put` (which also creates each file, over "
+    "SFTP) asks for a per-file cost near that floor; what is ours on top of it is one "
+    "Python process reading the stream, hashing, and two links per file.",
     "S4": "the CPU per site of all processes together (the row's note) caps two cores at "
     "2,000 ÷ (ms per site) sites/s before any waiting; 200 sites/s needs ≤ 10 ms per site, "
     "while every site costs each service a transaction and each message a confirmed "
@@ -112,7 +113,9 @@ WHY: dict[str, str] = {
     "with 200 confirms in flight); we are ahead of Celery and Dramatiq in the same run. "
     "5,000 jobs/s leaves 0.4 ms of CPU per job on two cores, broker included, and our "
     "process alone spends about that (a `send` syscall per frame is its largest share): it "
-    "needs several jobs per message or batched acks.",
+    "needs several jobs per message or batched acks. Dispatch p50 includes the quorum "
+    "queue's replicated log write before delivery (the baselines use classic queues); "
+    "durability across a broker restart is why our queues are quorum queues.",
     "S7": "creating a zone in PowerDNS (sqlite3 backend) is one HTTP POST on a new TCP "
     "connection (PowerDNS closes every one) that PowerDNS commits per zone; writes are "
     "serialized (sqlite3 refuses a second writer), and about half the time per zone is our "
