@@ -118,6 +118,15 @@ def machine() -> Iterator[Machine]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+async def get_over_tls(ca: LocalCa, port: int, domain: str) -> httpx.Response:
+    async with httpx.AsyncClient(verify=ca.context(), timeout=5) as tls:
+        return await tls.get(
+            f"https://127.0.0.1:{port}/",
+            headers={"Host": domain},
+            extensions={"sni_hostname": domain},
+        )
+
+
 def sitefleet(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [".venv/bin/sitefleet", *args],
@@ -223,12 +232,7 @@ async def test_bootstrap_prepares_registers_is_idempotent_and_the_host_serves_a_
         grp.getgrnam("nogroup").gr_gid,
         0o640,
     )
-    async with httpx.AsyncClient(verify=ca.context(), timeout=5) as tls:
-        secure = await tls.get(
-            f"https://127.0.0.1:{machine.https_port}/",
-            headers={"Host": domain},
-            extensions={"sni_hostname": domain},
-        )
+    secure = await get_over_tls(ca, machine.https_port, domain)
     assert secure.status_code == 200 and dep["id"] in secure.text
     async with httpx.AsyncClient(timeout=5) as web:
         moved = await web.get(f"http://127.0.0.1:{machine.http_port}/", headers={"Host": domain})
@@ -245,12 +249,7 @@ async def test_bootstrap_prepares_registers_is_idempotent_and_the_host_serves_a_
         row = await session.scalar(select(WebHost).where(WebHost.name == "web-boot"))
         assert row is not None and row.https_port == machine.https_port
     await engine.dispose()
-    async with httpx.AsyncClient(verify=ca.context(), timeout=5) as tls:
-        secure = await tls.get(
-            f"https://127.0.0.1:{machine.https_port}/",
-            headers={"Host": domain},
-            extensions={"sni_hostname": domain},
-        )
+    secure = await get_over_tls(ca, machine.https_port, domain)
     assert secure.status_code == 200 and dep["id"] in secure.text
 
 
