@@ -304,24 +304,26 @@ class ObjectStore:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         digest = hashlib.sha256()
         left = size
-        # No fsync: a crash loses at most temp files; the object appears by link(2) only
-        # once it is whole.
-        with open(fd, "wb") as writer:
-            while left is None or left > 0:
-                chunk = reader.read(_CHUNK if left is None else min(left, _CHUNK))
-                if not chunk:
-                    if left is None:
-                        break
-                    os.unlink(tmp)
-                    raise EOFError(f"the stream ended with {left} bytes of object {key} due")
-                digest.update(chunk)
-                writer.write(chunk)
-                if left is not None:
-                    left -= len(chunk)
-        os.chmod(tmp, mode)  # whatever the umask
-        if digest.hexdigest() != key.removesuffix(EXEC_SUFFIX):
+        try:
+            # No fsync: a crash loses at most temp files; the object appears by link(2)
+            # only once it is whole.
+            with open(fd, "wb") as writer:
+                while left is None or left > 0:
+                    chunk = reader.read(_CHUNK if left is None else min(left, _CHUNK))
+                    if not chunk:
+                        if left is None:
+                            break
+                        raise EOFError(f"the stream ended with {left} bytes of object {key} due")
+                    digest.update(chunk)
+                    writer.write(chunk)
+                    if left is not None:
+                        left -= len(chunk)
+            os.chmod(tmp, mode)  # whatever the umask
+            if digest.hexdigest() != key.removesuffix(EXEC_SUFFIX):
+                raise CorruptObject(f"the bytes offered do not hash to object {key}")
+        except BaseException:  # a short stream, a read error, a bad hash: no temp file left
             os.unlink(tmp)
-            raise CorruptObject(f"the bytes offered do not hash to object {key}")
+            raise
         return tmp
 
     def _copies(self, keys: Iterable[str]) -> Iterator[Path]:

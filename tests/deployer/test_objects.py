@@ -5,16 +5,24 @@ is never served by nginx."""
 import asyncio
 import errno
 import hashlib
+import io
 import os
 import shutil
 import stat
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import IO, Any
 
 import pytest
 
-from services.deployer.objects import EXT4_LINK_MAX, ObjectStore, build_manifest
+from services.deployer.objects import (
+    EXT4_LINK_MAX,
+    TMP_DIR,
+    CorruptObject,
+    ObjectStore,
+    build_manifest,
+)
 from services.deployer.release import LocalHost
 from shared.errors import Invalid
 from shared.ids import new_id
@@ -423,3 +431,45 @@ def test_objects_found_present_are_pinned_before_the_answer(tmp_path: Path) -> N
     assert store.object_path(entries[0].key).stat().st_nlink == 2
     assert store.fill(missing, src, staging) == (1, len(files["b"]))
     assert (staging / "b").read_text() == files["b"]
+
+
+class _FailingStream(io.RawIOBase):
+    """Gives ``good`` bytes, then fails as a broken pipe or disk would."""
+
+    def __init__(self, good: bytes) -> None:
+        self.left = good
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if not self.left:
+            raise OSError(errno.EIO, "read failed")
+        n = min(len(buffer), len(self.left))
+        buffer[:n] = self.left[:n]
+        self.left = self.left[n:]
+        return n
+
+
+@pytest.mark.parametrize(
+    ("stream", "error"),
+    [
+        (lambda data: io.BytesIO(data[:100]), EOFError),  # the stream ends early
+        (lambda data: io.BufferedReader(_FailingStream(data[:100])), OSError),
+        (lambda data: io.BytesIO(b"x" * len(data)), CorruptObject),  # bytes of another hash
+    ],
+)
+def test_an_object_that_cannot_be_received_leaves_nothing_behind(
+    tmp_path: Path, stream: Callable[[bytes], IO[bytes]], error: type[BaseException]
+) -> None:
+    store = ObjectStore(tmp_path / "objects")
+    data = os.urandom(4096)
+    dest = tmp_path / "release-file"
+
+    with pytest.raises(error):
+        store.receive(key_of(data), stream(data), len(data), [dest])
+
+    assert not store.object_path(key_of(data)).exists() and not dest.exists()
+    assert list((store.root / TMP_DIR).iterdir()) == []
+    store.receive(key_of(data), io.BytesIO(data), len(data), [dest])  # the retry works
+    assert dest.read_bytes() == data
