@@ -291,6 +291,10 @@ class HostRegistry:
         transport = self._transports.get(row.id)
         if transport is None:
             transport = self._transports[row.id] = build_transport(row, self.settings)
+        else:
+            # The row is read per job: a host bootstrapped again onto other ports takes
+            # them at once, keeping its transport (and its pooled SSH connections).
+            configure_nginx(transport, row, self.settings)
         return Target(
             transport,
             row.http_host,
@@ -308,12 +312,7 @@ def build_transport(row: WebHost, settings: DeployerSettings) -> HostTransport:
             max_links=settings.object_max_links,
         )
         local.name = row.name
-        local.configure_nginx(
-            row.nginx_command,
-            row.nginx_listen,
-            settings.nginx_reload_window,
-            tls_listen_for(row.nginx_listen, row.https_port or settings.https_port),
-        )
+        configure_nginx(local, row, settings)
         return local
     assert row.ssh_address and row.ssh_user and row.ssh_key_path and row.host_key
     remote = SshHost(
@@ -333,10 +332,15 @@ def build_transport(row: WebHost, settings: DeployerSettings) -> HostTransport:
         keepalive_count_max=settings.ssh_keepalive_count_max,
         max_channels=settings.ssh_max_channels,
     )
-    remote.configure_nginx(
+    configure_nginx(remote, row, settings)
+    return remote
+
+
+def configure_nginx(transport: HostTransport, row: WebHost, settings: DeployerSettings) -> None:
+    """How the host's nginx is run and where it listens, as its row says now."""
+    transport.configure_nginx(
         row.nginx_command,
         row.nginx_listen,
         settings.nginx_reload_window,
         tls_listen_for(row.nginx_listen, row.https_port or settings.https_port),
     )
-    return remote

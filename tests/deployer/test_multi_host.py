@@ -284,6 +284,17 @@ async def test_sites_go_to_the_least_loaded_hosts_and_stay_there(
     # One transport per host, reused by every job.
     assert targets[0].host is (await wide.targets_for_deploy(new_id("site")))[0].host
 
+    # A host moved to other ports (bootstrapped again) is checked and configured there from
+    # the next job on, by the same transport.
+    async with create_sessionmaker(engine).begin() as session:
+        row = await session.scalar(select(WebHost).where(WebHost.name == "a"))
+        assert row is not None
+        row.nginx_listen, row.https_port = "127.0.0.1:8081", 8444
+    moved = (await wide.targets_for_deploy(new_id("site")))[0]
+    assert moved.host is targets[0].host
+    assert (moved.https_port, moved.host.nginx_listen) == (8444, "127.0.0.1:8081")
+    assert moved.host.nginx_tls_listen == "127.0.0.1:8444"
+
 
 # --- two-phase deploy -------------------------------------------------------------------
 
