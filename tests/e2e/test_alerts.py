@@ -14,15 +14,9 @@ import pytest
 
 from shared import broker
 from shared.messages import DeploymentFailed, DeploymentSucceeded, ErrorInfo, Message
-from tests.fixtures.platform import Platform, wait_until
+from tests.fixtures.platform import FAST_ALERT_TIMERS, Platform, wait_until
 
-FAST_TIMERS = {
-    "SITEFLEET_GROUP_WAIT": "0.2",
-    "SITEFLEET_GROUP_INTERVAL": "0.5",
-    "SITEFLEET_POLL_INTERVAL": "0.1",
-    "SITEFLEET_DELIVERY_POLL_INTERVAL": "0.2",
-    "SITEFLEET_DELIVERY_BACKOFF": "[0.3, 0.6]",
-}
+FAST_TIMERS = {**FAST_ALERT_TIMERS, "SITEFLEET_DELIVERY_BACKOFF": "[0.3, 0.6]"}
 
 
 @pytest.fixture(scope="module")
